@@ -1,0 +1,1 @@
+"""Synthetic data generators (images rendered from sampled data, with exactly computed answers)."""

@@ -1,0 +1,327 @@
+"""Synthetic chart QA: bar, line and pie charts rendered from sampled data, with exactly computed answers.
+
+Each image becomes one `Record` whose conversation asks every question type that applies to its chart
+kind, in a seeded random order. ``meta["chart"]`` keeps the data the chart was drawn from, and
+``meta["transcript"]`` its text content in reading order (used later to teach reading).
+"""
+from __future__ import annotations
+
+import io
+import logging
+import multiprocessing
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import matplotlib
+
+matplotlib.use("Agg")  # before anything imports pyplot: no display, and the fastest raster backend
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from data_pipelines.shards import MANIFEST_NAME, SHARD_GLOB, ShardWriter, read_manifest  # noqa: E402
+from molmini.data import IMAGE_MARKER, Record  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+GENERATOR_NAME = "synth-charts"
+GENERATOR_VERSION = "1"
+SOURCE = "synth-charts"
+TASK = "chart_qa"
+CHART_KINDS = ("bar", "line", "pie")
+QUESTION_TYPES = ("chart_type", "count", "largest_label", "value", "compare", "colour_largest", "trend")
+QUESTION_TYPES_BY_KIND = {
+    "bar": ("chart_type", "count", "largest_label", "value", "compare", "colour_largest"),
+    "line": ("chart_type", "count", "largest_label", "value", "compare", "trend"),
+    "pie": ("chart_type", "count", "largest_label", "colour_largest"),
+}
+# Matplotlib's tab10 colours, which carry exactly these names (tab:red, tab:blue, ...).
+PALETTE = {"red": "#d62728", "blue": "#1f77b4", "green": "#2ca02c", "orange": "#ff7f0e",
+           "purple": "#9467bd", "brown": "#8c564b", "pink": "#e377c2", "gray": "#7f7f7f"}
+# Labels come from one theme per chart, so a chart reads naturally; every theme has >= 7 labels.
+LABEL_THEMES = {
+    "regions": ("North", "South", "East", "West", "Central", "Coast", "Valley"),
+    "fruits": ("Apple", "Pear", "Plum", "Lime", "Mango", "Kiwi", "Fig", "Peach"),
+    "months": ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"),
+}
+ORDERED_THEMES = {"months"}  # labels kept in their natural order
+TITLES = ("Sales", "Revenue", "Visitors", "Rainfall", "Votes", "Orders", "Survey", "Budget", "Exports")
+MIN_CATEGORIES, MAX_CATEGORIES = 3, 7
+MIN_VALUE, MAX_VALUE = 5, 95  # bar and line values
+MIN_SHARE = 5  # smallest pie share, in percent
+FIG_INCHES = 2.0  # the dpi is chosen so that this many inches is image_px pixels
+# Font sizes in points; at image_px=128 (64 dpi) one point is 0.89 pixels.
+TITLE_PT, TICK_PT, VALUE_PT = 10.0, 8.0, 7.5
+CHAR_WIDTH = 0.6  # average DejaVu Sans character width, in ems
+TITLE_PROBABILITY = 0.5
+VALUE_LABEL_PROBABILITY = 0.5
+COUNT_NOUNS = {"bar": "How many bars are there?", "line": "How many points does the line have?",
+               "pie": "How many slices does the pie have?"}
+
+
+@dataclass
+class ChartSpec:
+    """What one chart shows. For a line chart `colours` holds the single line colour."""
+    kind: str
+    labels: list[str]
+    values: list[int]
+    colours: list[str]
+    title: str | None
+    value_labels: bool
+
+    def argmax(self) -> int:
+        return self.values.index(max(self.values))
+
+    def transcript(self) -> str:
+        unit = "%" if self.kind == "pie" else ""
+        items = ", ".join(f"{label} {value}{unit}" for label, value in zip(self.labels, self.values))
+        return ". ".join([f"{self.kind} chart"] + ([self.title] if self.title else []) + [items])
+
+
+def sample_chart(rng: random.Random) -> ChartSpec:
+    kind = rng.choice(CHART_KINDS)
+    n = rng.randint(MIN_CATEGORIES, MAX_CATEGORIES)
+    theme = rng.choice(sorted(LABEL_THEMES))
+    labels = rng.sample(LABEL_THEMES[theme], n)
+    if theme in ORDERED_THEMES:
+        labels.sort(key=LABEL_THEMES[theme].index)
+    if kind == "pie":
+        values = _sample_pie_shares(rng, n)
+    else:
+        # Distinct values: a unique maximum, and any two labels can be compared with a definite answer.
+        values = rng.sample(range(MIN_VALUE, MAX_VALUE + 1), n)
+    if kind == "line" and (values[-1] > values[0]) != (rng.random() < 0.5):
+        values[0], values[-1] = values[-1], values[0]  # so that "up" and "down" are equally likely
+    colours = rng.sample(sorted(PALETTE), 1 if kind == "line" else n)
+    title = rng.choice(TITLES) if rng.random() < TITLE_PROBABILITY else None
+    value_labels = rng.random() < VALUE_LABEL_PROBABILITY
+    return ChartSpec(kind, labels, values, colours, title, value_labels)
+
+
+def _sample_pie_shares(rng: random.Random, n: int) -> list[int]:
+    """n integer percentages, each >= MIN_SHARE, summing to 100, with a unique maximum."""
+    spare = 100 - MIN_SHARE * n
+    while True:
+        cuts = sorted(rng.randint(0, spare) for _ in range(n - 1))
+        extras = [b - a for a, b in zip([0] + cuts, cuts + [spare])]
+        shares = [MIN_SHARE + e for e in extras]
+        if shares.count(max(shares)) == 1:
+            return shares
+
+
+def make_questions(rng: random.Random, spec: ChartSpec) -> list[tuple[str, str, str]]:
+    """(question type, question, answer) for every type that applies to the chart, in a shuffled order."""
+    big = spec.labels[spec.argmax()]
+    qas = []
+    for qtype in QUESTION_TYPES_BY_KIND[spec.kind]:
+        if qtype == "chart_type":
+            qa = ("What type of chart is this?", spec.kind)
+        elif qtype == "count":
+            qa = (COUNT_NOUNS[spec.kind], str(len(spec.labels)))
+        elif qtype == "largest_label":
+            qa = ("Which category has the largest value?", big)
+        elif qtype == "value":
+            i = rng.randrange(len(spec.labels))
+            qa = (f"What is the value of {spec.labels[i]}?", str(spec.values[i]))
+        elif qtype == "compare":
+            i, j = rng.sample(range(len(spec.labels)), 2)
+            want_yes = rng.random() < 0.5
+            if (spec.values[i] > spec.values[j]) != want_yes:
+                i, j = j, i
+            qa = (f"Is {spec.labels[i]} greater than {spec.labels[j]}?", "Yes" if want_yes else "No")
+        elif qtype == "colour_largest":
+            part = "bar" if spec.kind == "bar" else "slice"
+            qa = (f"What colour is the largest {part}?", spec.colours[spec.argmax()])
+        elif qtype == "trend":
+            qa = ("Does the line go up or down from the first point to the last?",
+                  "up" if spec.values[-1] > spec.values[0] else "down")
+        else:
+            raise AssertionError(qtype)
+        qas.append((qtype, *qa))
+    rng.shuffle(qas)
+    return qas
+
+
+_FIGURES: dict[int, Figure] = {}  # one reused figure per image size, per process (creating one is slow)
+
+
+def _figure(image_px: int) -> Figure:
+    fig = _FIGURES.get(image_px)
+    if fig is None:
+        fig = Figure(figsize=(FIG_INCHES, FIG_INCHES), dpi=image_px / FIG_INCHES, facecolor="white")
+        FigureCanvasAgg(fig)
+        _FIGURES[image_px] = fig
+    # Cheaper than fig.clf(), which first resets every axes only to throw it away; we add nothing
+    # to the figure but axes and texts, so removing those leaves it blank.
+    for ax in list(fig.axes):
+        fig.delaxes(ax)
+    for text in list(fig.texts):
+        text.remove()
+    return fig
+
+
+def render_chart(spec: ChartSpec, image_px: int = 128) -> bytes:
+    """PNG bytes of the chart, exactly image_px x image_px RGB."""
+    fig = _figure(image_px)
+    top = 0.86 if spec.title else 0.95
+    if spec.title:
+        fig.text(0.5, 0.975, spec.title, ha="center", va="top", fontsize=TITLE_PT, weight="bold")
+    if spec.kind == "pie":
+        _draw_pie(fig, spec, top)
+    else:
+        _draw_bar_or_line(fig, spec, top)
+    fig.canvas.draw()
+    image = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())).convert("RGB")
+    if image.size != (image_px, image_px):  # only for sizes whose dpi rounds badly
+        image = image.resize((image_px, image_px), Image.BILINEAR)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _draw_bar_or_line(fig: Figure, spec: ChartSpec, top: float) -> None:
+    n = len(spec.labels)
+    # Tick labels that would not fit side by side are slanted; they then need a deeper bottom margin.
+    left, right = 0.15, 0.98
+    label_width = max(map(len, spec.labels)) * CHAR_WIDTH * TICK_PT / 72 / FIG_INCHES  # figure fraction
+    gap = 1.5 * CHAR_WIDTH * TICK_PT / 72 / FIG_INCHES  # room between neighbouring labels
+    slant = n * (label_width + gap) > right - left
+    bottom = 0.09 + (0.7 * label_width if slant else 0.02)
+    ax = fig.add_axes((left, bottom, right - left, top - bottom))
+    x = list(range(n))
+    if spec.kind == "bar":
+        ax.bar(x, spec.values, width=0.7, color=[PALETTE[c] for c in spec.colours], zorder=2)
+    else:
+        ax.plot(x, spec.values, color=PALETTE[spec.colours[0]], marker="o", markersize=3.5, linewidth=1.5,
+                zorder=2)
+    if spec.value_labels:
+        for i, v in enumerate(spec.values):
+            # A line point in a dip is labelled below it, so that the label does not sit on the line.
+            neighbours = spec.values[max(i - 1, 0):i] + spec.values[i + 1:i + 2]
+            below = spec.kind == "line" and v < min(neighbours)
+            ax.text(i, v - 5 if below else v + (2 if spec.kind == "bar" else 4), str(v), ha="center",
+                    va="top" if below else "bottom", fontsize=VALUE_PT)
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_ylim(0, 112 if spec.value_labels else 100)
+    ax.set_yticks([0, 25, 50, 75, 100])
+    ax.set_xticks(x)
+    if slant:
+        ax.set_xticklabels(spec.labels, rotation=45, ha="right", rotation_mode="anchor")
+    else:
+        ax.set_xticklabels(spec.labels)
+    ax.tick_params(labelsize=TICK_PT, length=2, pad=1)
+    ax.yaxis.grid(True, color="#dddddd", linewidth=0.6, zorder=0)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def _draw_pie(fig: Figure, spec: ChartSpec, top: float) -> None:
+    # A small square axes in the middle leaves room around the pie for the labels.
+    size = 0.52
+    ax = fig.add_axes((0.5 - size / 2, (top - size) / 2, size, size))
+    ax.pie(spec.values, labels=spec.labels, colors=[PALETTE[c] for c in spec.colours], startangle=90,
+           counterclock=False, labeldistance=1.1, textprops={"fontsize": TICK_PT},
+           autopct=(lambda pct: f"{round(pct)}") if spec.value_labels else None, pctdistance=0.65,
+           wedgeprops={"linewidth": 0.5, "edgecolor": "white"})
+    ax.set_aspect("equal")
+
+
+def make_chart_record(rng: random.Random, key: str, image_px: int = 128) -> Record:
+    """One chart image and all its question/answer pairs, drawn from `rng`."""
+    spec = sample_chart(rng)
+    qas = make_questions(rng, spec)
+    messages = []
+    for i, (_, question, answer) in enumerate(qas):
+        # The image belongs to the first user turn only.
+        messages.append({"role": "user", "content": (IMAGE_MARKER if i == 0 else "") + question})
+        messages.append({"role": "assistant", "content": answer})
+    meta = {"qa_types": [qtype for qtype, _, _ in qas], "chart": asdict(spec), "transcript": spec.transcript()}
+    return Record(key=key, image=render_chart(spec, image_px), messages=messages, source=SOURCE, task=TASK,
+                  meta=meta)
+
+
+def record_for_index(seed: int, split: str, index: int, image_px: int) -> Record:
+    """The record at `index`: its own rng makes it independent of which process renders it, and in what order."""
+    # The split is part of the seed so that a train and a val set made with the same seed differ.
+    rng = random.Random(f"{seed}-{split}-{index}")
+    return make_chart_record(rng, key=f"charts-{split}-{index:08d}", image_px=image_px)
+
+
+def _render_range(job: tuple[int, str, int, int, int]) -> list[Record]:
+    """Worker entry point (top level, so that it pickles under spawn)."""
+    seed, split, image_px, start, stop = job
+    return [record_for_index(seed, split, i, image_px) for i in range(start, stop)]
+
+
+def _records(seed: int, split: str, num_images: int, image_px: int, workers: int) -> Iterator[list[Record]]:
+    chunk = max(1, min(32, num_images // (4 * workers)))  # small enough to keep every worker busy
+    jobs = [(seed, split, image_px, start, min(start + chunk, num_images)) for start in range(0, num_images, chunk)]
+    if workers <= 1:
+        yield from map(_render_range, jobs)
+        return
+    with multiprocessing.Pool(workers) as pool:
+        yield from pool.imap(_render_range, jobs)  # imap keeps job order, so records arrive in index order
+
+
+def _reusable(out_dir: str | os.PathLike, expected: dict[str, Any]) -> dict[str, Any] | None:
+    """The folder's manifest if it describes exactly the dataset we would generate, else None."""
+    try:
+        manifest = read_manifest(out_dir)
+    except (FileNotFoundError, ValueError):
+        return None
+    if any(manifest.get(k) != v for k, v in expected.items()):
+        return None
+    # Shards are not re-hashed here (that would read the whole set); verify_manifest does that.
+    shards_present = all((Path(out_dir) / s["name"]).is_file() for s in manifest.get("shards", []))
+    return manifest if shards_present else None
+
+
+def synthesize(out_dir: str | os.PathLike, num_images: int, seed: int, split: str = "train", image_px: int = 128,
+               workers: int = 1, shard_size: int = 1000, progress: bool = True) -> dict[str, Any]:
+    """Write `num_images` chart records as shards in `out_dir`; returns the manifest.
+
+    The output depends only on (seed, split, num_images, image_px), not on `workers`. A folder whose
+    manifest already describes that dataset is reused as it is; otherwise its old shards are removed and
+    it is generated anew.
+    """
+    if num_images < 0 or image_px < 32 or workers < 1 or shard_size < 1:
+        raise ValueError(f"need num_images >= 0, image_px >= 32, workers >= 1 and shard_size >= 1; got "
+                         f"{num_images}, {image_px}, {workers}, {shard_size}")
+    params = {"image_px": image_px}
+    expected = {"generator": GENERATOR_NAME, "generator_version": GENERATOR_VERSION, "seed": seed,
+                "split": split, "num_samples": num_images, "params": params}
+    manifest = _reusable(out_dir, expected)
+    if manifest is not None:
+        _say(f"reusing {num_images} chart images in {out_dir} (its manifest matches seed, split and params)",
+             progress)
+        return manifest
+    if (Path(out_dir) / MANIFEST_NAME).exists() or any(Path(out_dir).glob(SHARD_GLOB)):
+        _say(f"{out_dir} holds a different or incomplete set; removing its shards and regenerating", progress)
+    started = time.perf_counter()
+    with ShardWriter(out_dir, generator=GENERATOR_NAME, generator_version=GENERATOR_VERSION, seed=seed,
+                     split=split, params=params, maxcount=shard_size) as writer, \
+            tqdm(total=num_images, desc=f"synth charts -> {out_dir}", unit="img", disable=not progress) as bar:
+        for records in _records(seed, split, num_images, image_px, workers):
+            for record in records:
+                writer.write(record)
+            bar.update(len(records))
+    seconds = time.perf_counter() - started
+    _say(f"wrote {num_images} chart images to {out_dir} in {seconds:.1f} s "
+         f"({num_images / max(seconds, 1e-9):.0f} images/s)", progress)
+    return writer.manifest
+
+
+def _say(message: str, progress: bool) -> None:
+    """Print next to the progress bar when there is one; otherwise only log."""
+    if progress:
+        print(message, file=sys.stderr)
+    else:
+        log.info(message)

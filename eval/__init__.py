@@ -1,0 +1,1 @@
+"""Evaluation: official metric definitions, held-out benchmarks, per-type reports against baselines."""

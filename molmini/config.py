@@ -1,0 +1,227 @@
+"""Typed configuration: one dataclass per concern, loaded from YAML with dotted command-line overrides.
+
+``load_config("configs/default.yaml", ["optim.lr=1e-4"])`` gives a :class:`Config`. Unknown keys are
+errors that name the key and the keys that exist, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used as given."""
+
+
+@dataclass
+class VisionConfig:
+    # An open_clip model name; "molmini-vit" is molmini's own small config (molmini/model_configs/).
+    model_name: str = "molmini-vit"
+    # open_clip pretrained tag or a path to a saved state dict; empty means random init.
+    pretrained: str = ""
+    # Overrides of open_clip's vision_cfg (width, layers, patch_size, image_size, ...), for custom towers.
+    vision_cfg: dict[str, Any] = field(default_factory=dict)
+    # Which transformer blocks give the patch features (negative counts from the last); concatenated.
+    feature_layers: list[int] = field(default_factory=lambda: [-1])
+
+
+@dataclass
+class ConnectorConfig:
+    kind: str = "attention_pool_2x2"
+    # Hidden width of the SwiGLU MLP after pooling; 0 means 2x the LM width.
+    mlp_hidden: int = 0
+
+
+@dataclass
+class LMConfig:
+    # A transformers hub id or local folder of a causal LM; empty means build from `config` (random init).
+    name_or_path: str = ""
+    # transformers config fields (must include model_type) for a randomly initialised LM.
+    config: dict[str, Any] = field(default_factory=lambda: {
+        "model_type": "llama", "hidden_size": 192, "num_hidden_layers": 4, "num_attention_heads": 4,
+        "num_key_value_heads": 4, "intermediate_size": 512, "max_position_embeddings": 512,
+        "tie_word_embeddings": True})
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class TokenizerConfig:
+    # For a from-scratch LM: size of the BPE vocabulary trained on the training text.
+    vocab_size: int = 1024
+
+
+@dataclass
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+
+@dataclass
+class SynthConfig:
+    """How `train.py` creates the default chart data when the data folders are empty."""
+    generator: str = "charts"
+    num_train: int = 4000
+    num_test: int = 500
+    seed: int = 0
+    test_seed: int = 1_000_003
+    image_px: int = 128
+    shard_size: int = 500
+    workers: int = 2
+
+
+@dataclass
+class DataConfig:
+    train_dir: str = "data/charts/train"
+    test_dir: str = "data/charts/test"
+    # Create the shards with the synthetic generator when a data folder has none.
+    synth: SynthConfig | None = field(default_factory=SynthConfig)
+    shuffle_buffer: int = 1000
+    num_workers: int = 1
+    # Chance that a record's meta.transcript is trained on as one more exchange (see molmini.training).
+    transcript_prob: float = 0.0
+    max_length: int = 256
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+    warmup_steps: int = 50
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32
+    max_steps: int = 600
+    seed: int = 0
+    log_every: int = 10
+    output_dir: str = "runs"
+    run_name: str = ""  # empty: a timestamped name
+    # Trackers for accelerate: "wandb" (offline unless WANDB_MODE says otherwise), or none.
+    trackers: list[str] = field(default_factory=lambda: ["wandb"])
+    project: str = "molmini"
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 64
+    max_new_tokens: int = 8
+    max_items: int = 0  # 0: every item of the test split
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _dataclass_type(tp: Any) -> type | None:
+    """The dataclass in a field type such as `SynthConfig | None`, if there is one."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in typing.get_args(tp):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def from_dict(cls: type, data: Any, path: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict, rejecting unknown keys with the name of the key."""
+    where = path or "the top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {where} must be a mapping, got {type(data).__name__}: {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {dotted!r}.{hint} Keys allowed in {where}: {', '.join(names)}")
+        sub = _dataclass_type(hints[key])
+        if sub is not None and value is not None:
+            kwargs[key] = from_dict(sub, value, dotted)
+        else:
+            kwargs[key] = _coerce(hints[key], value, dotted)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, dotted: str) -> Any:
+    """Check a scalar against its field type; YAML reads '1e-4' as a string, so floats are parsed."""
+    if tp is float and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    elif tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif tp in (str, bool) and isinstance(value, tp):
+        return value
+    elif tp not in (float, int, str, bool):
+        return value  # containers are checked where they are used
+    raise ConfigError(f"config key {dotted!r} must be {tp.__name__}, got {value!r}")
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply one `a.b.c=value` override (value parsed as YAML) to a nested dict in place."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like section.key=value, e.g. optim.lr=1e-4")
+    dotted, raw = override.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {k!r} is a value, not a section")
+    node[keys[-1]] = yaml.safe_load(raw)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at `path` (if given), then each dotted override in order."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist. Pass an existing YAML file with "
+                              "--config (the default run uses configs/default.yaml from the repository root)")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
+    for ov in overrides or []:
+        apply_override(data, ov)
+    cfg = from_dict(Config, data)
+    # Sections given only partly keep the defaults of the missing keys, including nested dict defaults
+    # such as lm.config: a file that sets lm.config.hidden_size keeps the default model_type.
+    lm_given = ((data.get("model") or {}).get("lm") or {}).get("config")
+    if lm_given is not None and "model_type" not in lm_given and not cfg.model.lm.name_or_path:
+        cfg.model.lm.config = _merge(LMConfig().config, lm_given)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,229 @@
+"""The record schema, and the streaming dataset that reads it back from webdataset shards.
+
+One record is one image and a conversation about it. In a shard it is two members that share a key:
+``KEY.png`` (or ``KEY.jpg``) holding the encoded image, and ``KEY.json`` holding
+``{"messages": [...], "source": str, "task": str, "meta": {...}}``. ``messages`` alternate
+``{"role": "user", ...}`` and ``{"role": "assistant", ...}``; the image belongs to the first user turn
+(an ``<image>`` marker there says where, otherwise it is implied at the start).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+IMAGE_MARKER = "<image>"
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+ROLES = ("user", "assistant")
+
+
+class RecordError(ValueError):
+    """A record that does not follow the schema."""
+
+
+@dataclass
+class Record:
+    key: str
+    image: bytes
+    messages: list[dict[str, str]]
+    source: str = ""
+    task: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    image_ext: str = "png"
+
+    def __post_init__(self) -> None:
+        validate_messages(self.messages, where=self.key)
+        if self.image_ext not in IMAGE_EXTENSIONS:
+            raise RecordError(f"record {self.key!r}: image extension {self.image_ext!r} is not one of "
+                              f"{IMAGE_EXTENSIONS}")
+        if "." in self.key:
+            raise RecordError(f"record key {self.key!r} contains '.', which webdataset reads as the start "
+                              "of an extension; use '_' or '-' instead")
+
+    def to_sample(self) -> dict[str, Any]:
+        """The webdataset sample (member extension -> bytes) for this record."""
+        body = {"messages": self.messages, "source": self.source, "task": self.task, "meta": self.meta}
+        return {"__key__": self.key, self.image_ext: self.image,
+                "json": json.dumps(body, ensure_ascii=False).encode("utf-8")}
+
+    @classmethod
+    def from_sample(cls, sample: dict[str, Any]) -> "Record":
+        key = sample.get("__key__", "?")
+        exts = [e for e in IMAGE_EXTENSIONS if e in sample]
+        if not exts:
+            raise RecordError(f"sample {key!r} has no image member (expected one of {IMAGE_EXTENSIONS}); "
+                              f"members: {sorted(k for k in sample if not k.startswith('__'))}")
+        if "json" not in sample:
+            raise RecordError(f"sample {key!r} has no .json member")
+        raw = sample["json"]
+        try:
+            body = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RecordError(f"sample {key!r}: its .json member is not valid JSON ({e})") from e
+        if "messages" not in body:
+            raise RecordError(f"sample {key!r}: its .json member has no 'messages' list")
+        return cls(key=key, image=sample[exts[0]], messages=body["messages"], source=body.get("source", ""),
+                   task=body.get("task", ""), meta=body.get("meta", {}), image_ext=exts[0])
+
+    def load_image(self) -> Image.Image:
+        """Decode the image to RGB; a corrupt image raises RecordError naming the record."""
+        try:
+            img = Image.open(io.BytesIO(self.image))
+            img.load()
+        except Exception as e:  # PIL raises several unrelated types for bad bytes
+            raise RecordError(f"record {self.key!r}: image cannot be decoded ({type(e).__name__}: {e})") from e
+        return img.convert("RGB")
+
+    def qa_pairs(self) -> list[tuple[str, str]]:
+        """(question, answer) for each user/assistant exchange, the image marker removed."""
+        m = self.messages
+        return [(strip_image_marker(m[i]["content"]), m[i + 1]["content"]) for i in range(0, len(m) - 1, 2)]
+
+
+def strip_image_marker(text: str) -> str:
+    return text.replace(IMAGE_MARKER, "").strip()
+
+
+def validate_messages(messages: Any, where: str = "record") -> None:
+    if not isinstance(messages, list) or not messages:
+        raise RecordError(f"{where}: 'messages' must be a non-empty list of {{role, content}} dicts")
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or set(msg) < {"role", "content"}:
+            raise RecordError(f"{where}: message {i} must be a dict with 'role' and 'content', got {msg!r}")
+        want = ROLES[i % 2]
+        if msg["role"] != want:
+            raise RecordError(f"{where}: message {i} has role {msg['role']!r} where {want!r} was expected "
+                              "(turns alternate user, assistant, starting with user)")
+        if not isinstance(msg["content"], str):
+            raise RecordError(f"{where}: message {i} content must be a string")
+    if len(messages) % 2:
+        raise RecordError(f"{where}: the conversation ends on a user turn with no assistant answer")
+
+
+# ---- streaming ------------------------------------------------------------------------------------------
+
+def find_shards(folder: str | os.PathLike) -> list[str]:
+    """The sorted `*.tar` shards of a folder, or an error naming the folder and how to fill it."""
+    folder = Path(folder)
+    shards = sorted(str(p) for p in folder.glob("*.tar")) if folder.is_dir() else []
+    if not shards:
+        state = "has no .tar shards" if folder.is_dir() else "does not exist"
+        raise FileNotFoundError(f"data folder {str(folder)!r} {state}. Create shards with "
+                                f"`python -m data_pipelines synth charts --out {folder}` or point the config's "
+                                "data.train_dir / data.test_dir at a folder of webdataset .tar shards")
+    return shards
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """Records from webdataset shards, split by node (rank) and by DataLoader worker, through a seeded
+    shuffle buffer, each passed through `transform`.
+
+    A record that cannot be read (corrupt image, bad json, truncated tar member) is logged by key,
+    counted and skipped; every yielded sample carries its worker's running count in `skipped` so the
+    trainer can report the total. `endless` cycles over the shards forever, reshuffling each epoch.
+    """
+
+    def __init__(self, shards: list[str], transform, shuffle_buffer: int = 0, seed: int = 0,
+                 endless: bool = False, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        if len(shards) < world_size:
+            raise ValueError(f"{len(shards)} shards cannot be split over {world_size} processes; write at least "
+                             "one shard per process (a smaller shard size gives more shards)")
+        self.shards, self.transform = list(shards), transform
+        self.shuffle_buffer, self.seed, self.endless = shuffle_buffer, seed, endless
+        self.rank, self.world_size = rank, world_size
+
+    def rank_shards(self) -> list[str]:
+        """The shards this process reads (its workers split them further)."""
+        return self.shards[self.rank::self.world_size]
+
+    def _my_shards(self) -> tuple[list[str], int]:
+        info = torch.utils.data.get_worker_info()
+        wid, workers = (info.id, info.num_workers) if info else (0, 1)
+        mine = self.rank_shards()[wid::workers]
+        if not mine:
+            raise ValueError(f"DataLoader worker {wid} of {workers} on process {self.rank} got no shard: "
+                             f"{len(self.shards)} shards for {self.world_size} processes; use fewer workers "
+                             "(data.num_workers) or more shards")
+        return mine, wid
+
+    def _raw_samples(self, shards: list[str], rng: random.Random, errors: list[str]) -> Iterator[dict]:
+        import webdataset as wds
+
+        def handler(exn: Exception) -> bool:
+            errors.append(f"{type(exn).__name__}: {exn}")
+            return True  # keep going with the next member or shard
+
+        epoch = 0
+        while True:
+            order = list(shards)
+            rng.shuffle(order)
+            yield from wds.tarfile_to_samples(handler=handler)(iter({"url": u} for u in order))
+            epoch += 1
+            if not self.endless:
+                return
+
+    def _shuffled(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
+        if self.shuffle_buffer <= 1:
+            yield from samples
+            return
+        buf: list[dict] = []
+        for s in samples:
+            if len(buf) < self.shuffle_buffer:
+                buf.append(s)
+                continue
+            i = rng.randrange(len(buf))
+            buf[i], s = s, buf[i]
+            yield s
+        rng.shuffle(buf)
+        yield from buf
+
+    def __iter__(self) -> Iterator[dict]:
+        shards, wid = self._my_shards()
+        rng = random.Random(f"{self.seed}-{self.rank}-{wid}")
+        errors: list[str] = []
+        skipped = 0
+        for sample in self._shuffled(self._raw_samples(shards, rng, errors), rng):
+            while errors:  # failures inside the tar reader (truncated members, bad headers)
+                skipped += 1
+                log.warning("skipped an unreadable shard member (%s)", errors.pop())
+            try:
+                out = self.transform(Record.from_sample(sample), rng)
+            except RecordError as e:
+                skipped += 1
+                log.warning("skipped record: %s", e)
+                continue
+            out["skipped"] = (self.rank, wid, skipped)
+            yield out
+        while errors:
+            skipped += 1
+            log.warning("skipped an unreadable shard member (%s)", errors.pop())
+
+
+def iter_records(shards: list[str], on_error=None) -> Iterator[Record]:
+    """Every readable record of `shards` in order (no shuffling, no splitting); an unreadable member or
+    record is passed to `on_error(message)` (default: logged) and skipped."""
+    import webdataset as wds
+
+    def report(message: str) -> None:
+        (on_error or log.warning)(message)
+
+    def handler(exn: Exception) -> bool:
+        report(f"unreadable shard member ({type(exn).__name__}: {exn})")
+        return True
+
+    for sample in wds.tarfile_to_samples(handler=handler)(iter({"url": u} for u in shards)):
+        try:
+            yield Record.from_sample(sample)
+        except RecordError as e:
+            report(str(e))

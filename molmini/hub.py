@@ -1,0 +1,64 @@
+"""Checkpoint folders and the Hugging Face hub: resolving a folder or hub id, and the model card."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def resolve_checkpoint(name_or_path: str | Path, required: list[str]) -> Path:
+    """A local checkpoint folder, downloading `name_or_path` from the hub when it is not a folder here."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        if path.exists() or str(name_or_path).startswith((".", "/")) or str(name_or_path).count("/") != 1:
+            raise FileNotFoundError(f"checkpoint {str(name_or_path)!r} is neither a folder nor a hub id "
+                                    "(owner/name); pass the checkpoint folder a training run wrote")
+        from huggingface_hub import snapshot_download
+        path = Path(snapshot_download(str(name_or_path)))
+    for name in required:
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path / name} is missing: {path} is not a complete molmini checkpoint")
+    return path
+
+
+def write_model_card(folder: Path, model: Any, eval_results: dict[str, Any] | None = None,
+                     training: dict[str, Any] | None = None) -> None:
+    """README.md with YAML front matter (and a model-index block when there are evaluation results)."""
+    cfg = model.config
+    n_params = sum(p.numel() for p in model.parameters())
+    base_models = [m for m in (cfg.vision.pretrained and cfg.vision.model_name, cfg.lm.name_or_path) if m]
+    meta: dict[str, Any] = {"library_name": "molmini", "license": "apache-2.0",
+                            "tags": ["molmini", "vision-language", "image-text-to-text"],
+                            "pipeline_tag": "image-text-to-text"}
+    if base_models:
+        meta["base_model"] = base_models
+    if training and training.get("datasets"):
+        meta["datasets"] = training["datasets"]
+    lines = [f"# molmini model\n", f"A molmini vision-language model with {n_params / 1e6:.1f}M parameters: "
+             f"open_clip tower `{cfg.vision.model_name}` ({'pretrained ' + cfg.vision.pretrained if cfg.vision.pretrained else 'random init'}), "
+             f"connector `{cfg.connector.kind}`, language model "
+             f"`{cfg.lm.name_or_path or cfg.lm.config.get('model_type', '?')}` "
+             f"({'pretrained' if cfg.lm.name_or_path else 'random init'}).\n",
+             "```python\nfrom molmini import MolminiModel\nmodel = MolminiModel.from_pretrained(\"PATH_OR_HUB_ID\")\n"
+             "print(model.generate(images=[image], prompts=[\"What type of chart is this?\"]))\n```\n"]
+    if eval_results:
+        meta["model-index"] = [{"name": folder.name, "results": [{
+            "task": {"type": "visual-question-answering"},
+            "dataset": {"name": eval_results["benchmark"], "type": eval_results["benchmark"]},
+            "metrics": [{"type": "relaxed_accuracy", "value": round(100 * eval_results["overall"]["relaxed_accuracy"], 2)},
+                        {"type": "exact_match", "value": round(100 * eval_results["overall"]["exact_match"], 2)}]}]}]
+        lines.append(f"## Evaluation on {eval_results['benchmark']}\n")
+        lines.append("| question type | items | relaxed accuracy | majority baseline |\n|---|---|---|---|")
+        for qtype, row in eval_results["per_type"].items():
+            lines.append(f"| {qtype} | {row['n']} | {100 * row['relaxed_accuracy']:.1f} | {100 * row['majority_baseline']:.1f} |")
+        o = eval_results["overall"]
+        lines.append(f"| overall | {o['n']} | {100 * o['relaxed_accuracy']:.1f} | {100 * o['majority_baseline']:.1f} |\n")
+    if training:
+        lines.append("## Training cost\n")
+        for k in ("steps", "samples", "wall_time_s", "device", "num_processes"):
+            if k in training:
+                lines.append(f"- {k}: {training[k]}")
+        lines.append("")
+    front = yaml.safe_dump(meta, sort_keys=False)
+    (folder / "README.md").write_text(f"---\n{front}---\n\n" + "\n".join(lines))

@@ -1,0 +1,51 @@
+"""Tokenizers: a BPE trained on the training text for from-scratch LMs, or a pretrained LM's own, both
+carrying molmini's special tokens (chat roles and image layout)."""
+from __future__ import annotations
+
+from typing import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+PAD = "<pad>"
+USER = "<|user|>"
+ASSISTANT = "<|assistant|>"
+END = "<|end|>"  # ends every turn; generation stops on it
+IMAGE_START = "<im_start>"
+IMAGE_END = "<im_end>"
+IMAGE_PATCH = "<im_patch>"  # one per pooled image feature; replaced by that feature in the model
+IMAGE_ROW_END = "<im_col>"  # ends each row of pooled patches, so the LM sees the grid's shape
+SPECIAL_TOKENS = [PAD, USER, ASSISTANT, END, IMAGE_START, IMAGE_END, IMAGE_PATCH, IMAGE_ROW_END]
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on `texts` (any string still encodes), with molmini's special tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=END)
+
+
+def add_special_tokens(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """Add molmini's tokens to a pretrained LM's tokenizer (the LM's embeddings must then be resized)."""
+    tokenizer.add_special_tokens({"additional_special_tokens": [t for t in SPECIAL_TOKENS if t != PAD]},
+                                 replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": PAD})
+    return tokenizer
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
+    tok = AutoTokenizer.from_pretrained(path)
+    missing = [t for t in SPECIAL_TOKENS if t not in tok.get_vocab()]
+    if missing:
+        raise ValueError(f"tokenizer at {path!r} lacks molmini's special tokens {missing}; "
+                         "it was not saved by molmini (use molmini.tokenizer.add_special_tokens first)")
+    return tok
+
+
+def special_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+    return {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}

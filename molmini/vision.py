@@ -1,0 +1,50 @@
+"""The vision tower: any open_clip visual model, returning patch features from chosen layers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import open_clip
+import torch
+from torch import nn
+
+from .config import VisionConfig
+
+# molmini's own open_clip configs (the tiny default tower) live beside this file.
+open_clip.add_model_config(Path(__file__).parent / "model_configs")
+
+
+def _vision_cfg(cfg: VisionConfig) -> dict:
+    base = open_clip.get_model_config(cfg.model_name)
+    if base is None:
+        raise ValueError(f"vision.model_name {cfg.model_name!r} is not an open_clip model; "
+                         f"choose one of open_clip.list_models(), e.g. 'ViT-B-16-SigLIP' or 'molmini-vit'")
+    return {**base["vision_cfg"], **cfg.vision_cfg}
+
+
+class VisionTower(nn.Module):
+    """Wraps `open_clip.create_model(name, pretrained).visual`; `forward` gives [B, patches, dim] without CLS."""
+
+    def __init__(self, cfg: VisionConfig, load_pretrained: bool = True):
+        super().__init__()
+        pretrained = cfg.pretrained if (load_pretrained and cfg.pretrained) else None
+        clip = open_clip.create_model(cfg.model_name, pretrained=pretrained, vision_cfg=_vision_cfg(cfg))
+        self.visual = clip.visual
+        self.image_mean = tuple(clip.visual.preprocess_cfg["mean"])
+        self.image_std = tuple(clip.visual.preprocess_cfg["std"])
+        del clip  # the text tower is not used
+        size = self.visual.image_size
+        patch = self.visual.patch_size
+        self.image_size = size[0] if isinstance(size, (tuple, list)) else size
+        self.patch_size = patch[0] if isinstance(patch, (tuple, list)) else patch
+        self.grid = self.image_size // self.patch_size
+        n_blocks = len(self.visual.transformer.resblocks)
+        self.layers = sorted({l % n_blocks for l in cfg.feature_layers})
+        self.output_dim = self.visual.transformer.width * len(self.layers)
+        # Blocks after the last feature layer, the final norm and the pooling head are never used: drop
+        # them, so they neither cost memory nor leave parameters without gradients under DDP.
+        self.visual.prune_intermediate_layers(self.layers, prune_norm=True, prune_head=True)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.visual.forward_intermediates(pixel_values, indices=self.layers, stop_early=True,
+                                                intermediates_only=True, output_fmt="NLC")
+        return torch.cat(out["image_intermediates"], dim=-1)

@@ -1,0 +1,64 @@
+"""Configuration: defaults, YAML, overrides and the errors a user meets."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from molmini.config import ConfigError, load_config
+
+
+def test_default_yaml_loads_and_matches_the_dataclass_defaults():
+    cfg = load_config(ROOT / "configs" / "default.yaml")
+    assert cfg.model.lm.config["model_type"] == "llama"
+    assert cfg.data.synth is not None and cfg.data.synth.generator == "charts"
+    assert cfg.train.max_steps > 0
+
+
+def test_overrides_are_parsed_as_yaml_values():
+    cfg = load_config(None, ["optim.lr=2e-4", "train.trackers=[]", "data.synth=null", "model.lm.config.hidden_size=96"])
+    assert cfg.optim.lr == pytest.approx(2e-4)
+    assert cfg.train.trackers == []
+    assert cfg.data.synth is None
+    # a partial lm.config keeps the default model_type
+    assert cfg.model.lm.config["hidden_size"] == 96 and cfg.model.lm.config["model_type"] == "llama"
+
+
+def test_unknown_key_names_the_key_and_suggests_the_close_one(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.learning_rate'.*lr"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="'train.max_step'.*Did you mean 'max_steps'"):
+        load_config(None, ["train.max_step=3"])
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml.*does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["optim.lr"])
+
+
+def test_train_py_reports_config_errors_without_a_traceback(tmp_path):
+    for args, needle in ((["--config", str(tmp_path / "missing.yaml")], "does not exist"),
+                         (["optim.lrr=1"], "unknown config key 'optim.lrr'")):
+        res = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=120)
+        assert res.returncode == 2
+        assert needle in res.stderr and "Traceback" not in res.stderr
+
+
+def test_train_py_names_an_empty_data_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    res = subprocess.run([sys.executable, str(ROOT / "train.py"), "data.synth=null",
+                          f"data.train_dir={tmp_path / 'empty'}", f"data.test_dir={tmp_path / 'empty'}"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == 2
+    assert "has no .tar shards" in res.stderr and str(tmp_path / "empty") in res.stderr
+    assert "python -m data_pipelines synth charts" in res.stderr

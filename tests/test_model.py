@@ -1,0 +1,132 @@
+"""The model: placeholders, loss masking, save/load and batched generation."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, make_records
+from molmini import tokenizer as T
+from molmini.model import MolminiModel
+from molmini.processor import IGNORE_INDEX
+
+
+def batch_of(model, records):
+    return model.processor.collate([model.processor.process_record(r) for r in records])
+
+
+def test_labels_cover_exactly_the_assistant_answers(tiny_model):
+    proc = tiny_model.processor
+    rec = make_records(1)[0]
+    ids, labels = proc.encode_conversation(rec.messages)
+    assert len(ids) == len(labels)
+    labelled = [t for t, l in zip(ids, labels) if l != IGNORE_INDEX]
+    expected = []
+    for msg in rec.messages[1::2]:
+        expected += proc.tokenizer(msg["content"], add_special_tokens=False)["input_ids"] + [proc.ids[T.END]]
+    assert labelled == expected
+    # every labelled position is in an assistant span: it comes after <|assistant|> and before the next <|user|>
+    role = None
+    for t, l in zip(ids, labels):
+        if t in (proc.ids[T.USER], proc.ids[T.ASSISTANT]):
+            role = t
+        if l != IGNORE_INDEX:
+            assert role == proc.ids[T.ASSISTANT]
+
+
+def test_loss_is_mean_over_answer_tokens_only(tiny_model):
+    batch = batch_of(tiny_model, make_records(3))
+    out = tiny_model(**batch)
+    logits, labels = out["logits"][:, :-1], batch["labels"][:, 1:]
+    keep = labels != IGNORE_INDEX
+    manual = torch.nn.functional.cross_entropy(logits[keep], labels[keep])
+    assert out["num_loss_tokens"] == keep.sum()
+    torch.testing.assert_close(out["loss"], manual)
+    # changing a question token changes the input but no loss target
+    assert (labels[batch["input_ids"][:, 1:] == tiny_model.token_ids[T.USER]] == IGNORE_INDEX).all()
+
+
+def test_image_features_land_exactly_on_placeholders(tiny_model):
+    batch = batch_of(tiny_model, make_records(2))
+    embeds = tiny_model.embed(batch["input_ids"], batch["pixel_values"])
+    feats = tiny_model.image_features(batch["pixel_values"])
+    placeholder = batch["input_ids"] == tiny_model.token_ids[T.IMAGE_PATCH]
+    assert placeholder.sum(1).tolist() == [feats.shape[1]] * 2
+    torch.testing.assert_close(embeds[placeholder], feats.reshape(-1, feats.shape[-1]))
+    text = tiny_model.lm.get_input_embeddings()(batch["input_ids"])
+    torch.testing.assert_close(embeds[~placeholder], text[~placeholder])
+    # image features differ per image and are not the placeholder embedding itself
+    assert not torch.allclose(feats[0], feats[1])
+
+
+def test_wrong_number_of_placeholders_is_an_error(tiny_model):
+    batch = batch_of(tiny_model, make_records(1))
+    ids = batch["input_ids"].clone()
+    ids[ids == tiny_model.token_ids[T.IMAGE_PATCH]] = tiny_model.token_ids[T.PAD]
+    with pytest.raises(ValueError, match="placeholder"):
+        tiny_model(ids, batch["attention_mask"], batch["pixel_values"])
+
+
+def test_save_then_load_gives_identical_logits(tiny_model, tmp_path):
+    batch = batch_of(tiny_model, make_records(2))
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    loaded = MolminiModel.from_pretrained(tmp_path / "ckpt")
+    with torch.no_grad():
+        a = tiny_model(**batch)["logits"]
+        b = loaded(**batch)["logits"]
+    assert torch.equal(a, b)
+    assert (tmp_path / "ckpt" / "README.md").read_text().startswith("---\nlibrary_name: molmini")
+
+
+def test_loading_a_folder_with_a_missing_file_names_it(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        MolminiModel.from_pretrained(tmp_path / "ckpt")
+
+
+def _trained(model, steps=60):
+    """A few optimizer steps so greedy outputs are peaked, not near-ties of a random init."""
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    batch = batch_of(model, make_records(16))
+    model.train()
+    for _ in range(steps):
+        model(**batch)["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
+
+
+def test_batched_greedy_generation_equals_one_at_a_time(tiny_model):
+    model = _trained(tiny_model)
+    records = make_records(6, seed=3)
+    images = [r.load_image() for r in records]
+    prompts = ["What colour are the bars?", "How many bars are there?", "What colour are the bars?",
+               "Describe it in many words please", "How many bars are there?", "colour?"]
+    batched = model.generate(images, prompts, max_new_tokens=6, batch_size=6)
+    single = [model.generate([im], [p], max_new_tokens=6)[0] for im, p in zip(images, prompts)]
+    assert batched == single
+    assert any(a in ("red", "blue", "green") for a in batched)  # it learned something to generate
+
+
+def test_generation_uses_the_kv_cache_and_matches_full_recomputation(tiny_model):
+    model = _trained(tiny_model, steps=20)
+    batch = model.processor.prompt_batch([make_records(1)[0].load_image()], ["What colour are the bars?"])
+    new = model.generate_ids(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], max_new_tokens=4,
+                             min_new_tokens=4)
+    # recompute greedily without a cache: feed the whole prefix every step
+    embeds = model.embed(batch["input_ids"], batch["pixel_values"])
+    mask = batch["attention_mask"]
+    tokens = []
+    with torch.no_grad():
+        for _ in range(4):
+            logits = model.lm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits[:, -1]
+            logits[:, model.token_ids[T.END]] = -float("inf")  # as min_new_tokens does
+            nxt = logits.argmax(-1)
+            tokens.append(int(nxt))
+            embeds = torch.cat([embeds, model.lm.get_input_embeddings()(nxt)[:, None]], 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    assert new[0].tolist() == tokens

@@ -1,0 +1,84 @@
+"""Train a molmini model: `python train.py [--config configs/default.yaml] [section.key=value ...]`.
+
+The default run creates the synthetic chart data when its folders are empty, trains, evaluates the saved
+checkpoint on the held-out split and writes everything to runs/<name>/. Multi-process:
+`accelerate launch --multi_gpu --num_processes 2 train.py ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from accelerate.utils import broadcast_object_list
+
+from molmini.config import Config, ConfigError, load_config
+from molmini.data import find_shards
+from molmini.hub import write_model_card
+from molmini.model import MolminiModel
+from molmini.training import make_accelerator, train
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+
+
+def prepare_data(cfg: Config) -> None:
+    """Synthesize the train and held-out splits where configured (reused when already there)."""
+    synth = cfg.data.synth
+    if synth is not None:
+        if synth.generator != "charts":
+            raise ConfigError(f"data.synth.generator {synth.generator!r} is unknown; the one available is 'charts'")
+        from data_pipelines.synth.charts import synthesize
+        for folder, n, seed, split in ((cfg.data.train_dir, synth.num_train, synth.seed, "train"),
+                                       (cfg.data.test_dir, synth.num_test, synth.test_seed, "test")):
+            synthesize(folder, n, seed, split=split, image_px=synth.image_px, workers=synth.workers,
+                       shard_size=synth.shard_size)
+    find_shards(cfg.data.train_dir)
+    find_shards(cfg.data.test_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: configs/default.yaml)")
+    ap.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation after training")
+    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 train.max_steps=100")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    accelerator = make_accelerator(cfg)
+    name = [cfg.train.run_name or time.strftime("%Y%m%d-%H%M%S")]
+    broadcast_object_list(name)  # every process writes to the main process's run folder
+    run_dir = Path(cfg.train.output_dir) / name[0]
+    try:
+        with accelerator.main_process_first():
+            prepare_data(cfg)
+    except (FileNotFoundError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    summary = train(cfg, run_dir, accelerator)
+    if accelerator.is_main_process and not args.no_eval:
+        from eval.heldout import evaluate, format_table, write_results
+        checkpoint = run_dir / "checkpoint"
+        model = MolminiModel.from_pretrained(checkpoint)
+        results, rows = evaluate(model, cfg.data.test_dir, cfg.data.train_dir, batch_size=cfg.eval.batch_size,
+                                 max_new_tokens=cfg.eval.max_new_tokens, max_items=cfg.eval.max_items)
+        results["checkpoint"] = str(checkpoint)
+        write_results(run_dir, results, rows)
+        write_model_card(checkpoint, model, eval_results=results, training=summary)
+        print(format_table(results))
+    if accelerator.is_main_process:
+        print(f"run folder: {run_dir}  (checkpoint: {run_dir / 'checkpoint'})")
+        print(json.dumps({k: v for k, v in summary.items() if k != "shards_by_rank"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
