@@ -102,7 +102,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     batch_size: int = 32
-    max_steps: int = 600
+    max_steps: int = 1200
     seed: int = 0
     log_every: int = 10
     output_dir: str = "runs"
