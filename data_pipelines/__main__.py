@@ -1,13 +1,14 @@
 """Command line: ``python -m data_pipelines GROUP ...``.
 
-Each command group (``synth`` now; ``convert``, ``curate`` and ``inspect`` later) registers its own
-subparser in `build_parser`, and each leaf command sets ``func`` to the function that runs it.
+Each command group (``synth``, ``convert``, ``curate``; ``inspect`` later) registers its own subparser in
+`build_parser`, and each leaf command sets ``func`` to the function that runs it.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 
 def _run_synth_charts(args: argparse.Namespace) -> int:
@@ -35,11 +36,124 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_synth_charts)
 
 
+def _run_convert(args: argparse.Namespace) -> int:
+    from data_pipelines.convert import convert
+
+    options = {name: getattr(args, name) for name in ("source", "task", "prompt") if getattr(args, name, None)}
+    if getattr(args, "one_record_per_row", False):
+        options["group_by_image"] = False
+    manifest, stats = convert(args.format, args.input, args.out, images_dir=args.images, split=args.split,
+                              shard_size=args.shard_size, **options)
+    skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(stats.skipped.items())) or "none"
+    print(f"{args.out}: {manifest['num_samples']} records in {len(manifest['shards'])} shards from {stats.rows} "
+          f"rows; skipped rows: {skipped}")
+    return 0
+
+
+def _add_convert(commands: argparse._SubParsersAction) -> None:
+    convert = commands.add_parser("convert", help="convert a public dataset format into shards")
+    formats = convert.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    described = {
+        "llava": ("LLaVA JSON: a list of {id, image, conversations}", "the LLaVA JSON file", "instruct"),
+        "cauldron": ("HuggingFaceM4/the_cauldron parquet/arrow (images, texts)", "a parquet/arrow file or folder",
+                     "vqa"),
+        "pixmo-docs": ("allenai/pixmo-docs parquet (image, image_id, questions)", "a parquet file or folder",
+                       "doc_qa"),
+        "chartqa": ("HuggingFaceM4/ChartQA parquet (image, query, label, human_or_machine)",
+                    "a parquet file or folder", "chart_qa"),
+        "captions": ("an image folder with a JSONL of {image, caption} lines", "the captions JSONL file", "caption"),
+    }
+    for name, (help_text, input_help, task) in described.items():
+        p = formats.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--input", required=True, help=input_help)
+        p.add_argument("--out", required=True, help="output folder for shards and manifest.json")
+        p.add_argument("--images", default=None,
+                       help="folder that relative image paths start from (default: the input file's folder for "
+                            "llava and captions; for parquet, embedded image bytes need none)")
+        p.add_argument("--shard-size", type=int, default=1000, help="records per shard (default: 1000)")
+        p.add_argument("--split", default="train", help="split name, recorded in the manifest (default: train)")
+        p.add_argument("--source", default=None,
+                       help="record source (default: the format's name; for cauldron, the texts' own source)")
+        p.add_argument("--task", default=None, help=f"record task (default: {task})")
+        if name == "captions":
+            p.add_argument("--prompt", default=None, help="the user turn before each caption "
+                                                          "(default: 'Describe this image.')")
+        if name in ("llava", "chartqa"):
+            p.add_argument("--one-record-per-row", action="store_true",
+                           help="do not merge rows about the same image into one conversation")
+        p.set_defaults(func=_run_convert)
+
+
+def _run_curate(args: argparse.Namespace) -> int:
+    from data_pipelines.convert import write_shards
+    from data_pipelines.curate import curate, load_eval_set, standard_filters, write_report
+    from data_pipelines.shards import read_manifest
+    from molmini.data import find_shards, iter_records
+
+    if Path(args.input).resolve() == Path(args.out).resolve():
+        raise SystemExit(f"--out must differ from --input ({args.input}): writing removes the folder's shards")
+    evals = load_eval_set(args.eval, threshold=args.eval_threshold) if args.eval else None
+    filters = standard_filters(
+        min_image_side=args.min_image_side, max_aspect_ratio=args.max_aspect_ratio,
+        max_garbled_fraction=args.max_garbled_fraction, min_answer_chars=args.min_answer_chars,
+        max_answer_chars=args.max_answer_chars, max_ngram=args.max_ngram, max_repeats=args.max_repeats,
+        near_dup_threshold=args.near_dup_threshold, evals=evals, skip=args.skip)
+    unreadable = []
+    records, report = curate(iter_records(find_shards(args.input), on_error=unreadable.append), filters,
+                             max_examples=args.examples)
+    try:
+        split = read_manifest(args.input).get("split", "train")
+    except (FileNotFoundError, ValueError):
+        split = "train"
+    params = {"input": str(args.input), "eval": [str(e) for e in args.eval],
+              "filters": {f.name: f.params() for f in filters}}
+    manifest = write_shards(records, args.out, generator="curate", params=params, split=split,
+                            shard_size=args.shard_size)
+    report.extra["unreadable_input_records"] = len(unreadable)
+    if evals is not None:
+        report.extra["eval_records"] = evals.records
+    json_path, md_path = write_report(report, args.out)
+    print(f"{args.out}: kept {report.kept} of {report.seen} records in {len(manifest['shards'])} shards; "
+          f"report in {md_path.name} and {json_path.name}")
+    return 0
+
+
+def _add_curate(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("curate", help="filter, deduplicate and decontaminate a shard folder",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--input", required=True, help="shard folder to curate")
+    p.add_argument("--out", required=True, help="output shard folder; the report is written beside the shards")
+    p.add_argument("--eval", nargs="+", default=[], metavar="SHARD_DIR",
+                   help="evaluation shard folders to decontaminate against")
+    p.add_argument("--eval-threshold", type=int, default=16,
+                   help="Hamming distance (of 256 bits) at which a training image matches an evaluation image")
+    p.add_argument("--near-dup-threshold", type=int, default=16,
+                   help="Hamming distance (of 256 bits) at which two images are near duplicates")
+    p.add_argument("--min-image-side", type=int, default=32, help="shortest allowed image side, in pixels")
+    p.add_argument("--max-aspect-ratio", type=float, default=4.0, help="longest side over shortest side")
+    p.add_argument("--max-garbled-fraction", type=float, default=0.3,
+                   help="highest allowed fraction of unprintable or replacement characters in a message")
+    p.add_argument("--min-answer-chars", type=int, default=1)
+    p.add_argument("--max-answer-chars", type=int, default=4000)
+    p.add_argument("--max-ngram", type=int, default=4, help="longest n-gram checked for back-to-back repeats")
+    p.add_argument("--max-repeats", type=int, default=4,
+                   help="an answer repeating an n-gram this many times in a row is dropped")
+    p.add_argument("--skip", nargs="+", default=[], metavar="FILTER",
+                   help="filters to leave out, by name: min_image_size, max_aspect_ratio, eval_image_overlap, "
+                        "eval_qa_overlap (leave it out for templated data such as synth charts), "
+                        "empty_or_garbled_text, answer_length, repeated_ngrams, exact_duplicates, near_duplicates")
+    p.add_argument("--examples", type=int, default=10, help="example keys kept per filter in the report")
+    p.add_argument("--shard-size", type=int, default=1000, help="records per output shard")
+    p.set_defaults(func=_run_curate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data_pipelines", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_synth(commands)
+    _add_convert(commands)
+    _add_curate(commands)
     return parser
 
 

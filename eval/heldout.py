@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from molmini.data import Record, find_shards, iter_records
+from molmini.data import Record, RecordError, find_shards, iter_records
 
 from .metrics import exact_match, relaxed_accuracy
 
@@ -38,14 +38,19 @@ def evaluate(model, test_dir: str, train_dir: str, batch_size: int = 64, max_new
              max_items: int = 0, benchmark: str = "synth-charts") -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Greedy answers for every held-out item; returns (results, per-item predictions)."""
     errors: list[str] = []
-    records = list(iter_records(find_shards(test_dir), on_error=errors.append))
+    images, records = {}, []
+    for rec in iter_records(find_shards(test_dir), on_error=errors.append):
+        try:
+            images[rec.key] = rec.load_image()
+            records.append(rec)
+        except RecordError as e:
+            errors.append(str(e))
     for e in errors:
         log.warning("evaluation skipped: %s", e)
     items = qa_items(records)
     if max_items:
         items = items[:max_items]
     majority = majority_answers(train_dir)
-    images = {rec.key: rec.load_image() for rec in records}
     predictions = model.generate([images[it["key"]] for it in items], [it["question"] for it in items],
                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
     rows = []

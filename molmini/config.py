@@ -92,7 +92,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
+    lr: float = 5e-4
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 1.0
@@ -102,7 +102,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     batch_size: int = 32
-    max_steps: int = 1200
+    max_steps: int = 1000
     seed: int = 0
     log_every: int = 10
     output_dir: str = "runs"

@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 
 # ---- tokenizer ------------------------------------------------------------------------------------------
 
-def iter_shard_texts(shards: list[str]) -> Iterator[str]:
-    """Every message of every record, read from the json members only (images stay undecoded)."""
+def iter_shard_texts(shards: list[str], transcripts: bool = False) -> Iterator[str]:
+    """Every message of every record (and its meta.transcript if asked), read from the json members only
+    (images stay undecoded)."""
     for shard in shards:
         with tarfile.open(shard) as tar:
             for member in tar:
@@ -38,7 +39,7 @@ def iter_shard_texts(shards: list[str]) -> Iterator[str]:
                     try:
                         body = json.loads(tar.extractfile(member).read())
                         yield from (m["content"] for m in body["messages"])
-                        if body.get("meta", {}).get("transcript"):
+                        if transcripts and body.get("meta", {}).get("transcript"):
                             yield body["meta"]["transcript"]
                     except (ValueError, KeyError, TypeError):
                         continue  # the stream counts and reports bad records; the tokenizer just skips them
@@ -47,7 +48,8 @@ def iter_shard_texts(shards: list[str]) -> Iterator[str]:
 def build_tokenizer(cfg: Config, train_shards: list[str]):
     if cfg.model.lm.name_or_path:
         return add_special_tokens(AutoTokenizer.from_pretrained(cfg.model.lm.name_or_path))
-    return train_bpe_tokenizer(iter_shard_texts(train_shards), cfg.model.tokenizer.vocab_size)
+    texts = iter_shard_texts(train_shards, transcripts=cfg.data.transcript_prob > 0)
+    return train_bpe_tokenizer(texts, cfg.model.tokenizer.vocab_size)
 
 
 # ---- data -----------------------------------------------------------------------------------------------
@@ -117,7 +119,8 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None) ->
     """Train per `cfg`; writes the checkpoint to `run_dir/checkpoint` and returns a summary."""
     accelerator = accelerator or make_accelerator(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
-    if accelerator.device.type == "cpu":
+    if accelerator.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # Share the cores between processes instead of oversubscribing them (OMP_NUM_THREADS overrides).
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
     set_seed(cfg.train.seed)
     run_dir = Path(run_dir)
@@ -152,7 +155,8 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None) ->
               f"{len(train_shards)} shards, batch {cfg.train.batch_size} per process, {cfg.train.max_steps} steps")
 
     skips = SkipCounter()
-    bar = tqdm(total=cfg.train.max_steps, disable=not accelerator.is_main_process, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=cfg.train.max_steps, disable=not accelerator.is_main_process, desc="train", dynamic_ncols=True,
+               mininterval=1.0)
     model.train()
     start = last = time.perf_counter()
     samples_since, step, batches = 0, 0, iter(loader)

@@ -85,3 +85,22 @@ def test_two_process_launch_reads_different_shards_and_writes_one_checkpoint(tmp
     assert len(by_rank) == 2 and by_rank[0] and by_rank[1] and not set(by_rank[0]) & set(by_rank[1])
     assert list(tmp_path.joinpath("runs").iterdir()) == [run_dir]
     assert (run_dir / "checkpoint" / "model.safetensors").is_file()
+
+
+def test_training_counts_and_skips_a_corrupt_image_without_stopping(tmp_path):
+    from conftest import make_records
+    from data_pipelines.shards import ShardWriter
+    records = make_records(24)
+    records[5].image = b"\x89PNG\r\n\x1a\n" + b"garbage" * 10
+    for split in ("train", "test"):
+        with ShardWriter(tmp_path / split, generator="test", maxcount=12) as w:
+            for r in records:
+                w.write(r)
+    res = run([sys.executable, str(ROOT / "train.py"), *SMALL, "data.synth=null", "data.shuffle_buffer=0",
+               f"data.train_dir={tmp_path / 'train'}", f"data.test_dir={tmp_path / 'test'}",
+               "train.max_steps=6", "train.batch_size=6", "train.run_name=corrupt"], tmp_path)
+    summary = json.loads((tmp_path / "runs" / "corrupt" / "train_summary.json").read_text())
+    assert summary["steps"] == 6 and summary["skipped_records"] >= 1
+    assert records[5].key in res.stderr and "cannot be decoded" in res.stderr
+    results = json.loads((tmp_path / "runs" / "corrupt" / "eval_results.json").read_text())
+    assert results["skipped_records"] == 1 and results["overall"]["n"] == 2 * 23
