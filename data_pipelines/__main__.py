@@ -147,6 +147,27 @@ def _add_curate(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_curate)
 
 
+def _run_inspect(args: argparse.Namespace) -> int:
+    from data_pipelines.inspect import contact_sheet
+
+    path = contact_sheet(args.input, args.out, num=args.num, cols=args.cols, tile_px=args.tile_px,
+                         max_pairs=args.max_pairs)
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_inspect(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("inspect", help="write a contact sheet PNG of samples with their questions and answers",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--input", required=True, help="shard folder")
+    p.add_argument("--out", default="contact_sheet.png", help="PNG to write")
+    p.add_argument("--num", type=int, default=16, help="how many records")
+    p.add_argument("--cols", type=int, default=4, help="records per row")
+    p.add_argument("--tile-px", type=int, default=200, help="image size on the sheet")
+    p.add_argument("--max-pairs", type=int, default=4, help="question/answer pairs shown per record")
+    p.set_defaults(func=_run_inspect)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data_pipelines", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -154,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(commands)
     _add_convert(commands)
     _add_curate(commands)
+    _add_inspect(commands)
     return parser
 
 

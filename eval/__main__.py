@@ -1,8 +1,14 @@
-"""Command line: ``python -m eval heldout --model CHECKPOINT --test-dir DIR --train-dir DIR [--out DIR]``.
+"""Command line for evaluation.
 
-Scores a molmini checkpoint (a folder or a hub id) on a held-out shard folder, per question type beside
-the majority-answer baseline of the training split, and writes eval_results.json and
-eval_predictions.jsonl to --out.
+    python -m eval run --model PATH_OR_ID [--model ...] --benchmarks chartqa,synthetic=DIR
+                       [--baselines majority,text-only:PATH,llava:PATH] --out DIR [--limit N]
+    python -m eval report RESULTS_DIR [RESULTS_DIR ...] --out DIR
+    python -m eval heldout --model CHECKPOINT --test-dir DIR --train-dir DIR [--out DIR]
+
+`run` answers every benchmark item with every model and baseline (greedy, batched, resumable: rerun the
+same command to continue) into DIR/results.json and DIR/predictions/; `report` joins results folders
+and published numbers into report.json, report.md and plots. `heldout` scores a molmini checkpoint on a
+held-out shard folder per question type beside the training split's majority answer.
 """
 from __future__ import annotations
 
@@ -25,7 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N items only")
     p.add_argument("--device", default="cpu")
+    add_run_command(commands)
+    add_report_command(commands)
     args = ap.parse_args(argv)
+    if args.command == "run":
+        return run_command(args)
+    if args.command == "report":
+        return report_command(args)
 
     from molmini.model import MolminiModel
     try:
@@ -41,6 +53,60 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         write_results(args.out, results, rows)
         print(f"wrote {args.out}/eval_results.json and eval_predictions.jsonl")
+    return 0
+
+
+def add_run_command(commands) -> None:
+    from .models import build_adapter
+    p = commands.add_parser("run", help="run models and baselines over benchmarks (resumable)")
+    p.add_argument("--model", action="append", default=[], help="molmini checkpoint folder or hub id, or a "
+                   "transformers VLM as hf:PATH_OR_ID; repeat for several")
+    p.add_argument("--benchmarks", required=True, help="comma-separated names, each optionally =PATH "
+                   "(e.g. chartqa,synthetic=data/charts/test)")
+    p.add_argument("--baselines", default="", help="comma-separated: majority, majority:TRAIN_SHARD_DIR, "
+                   "text-only:MOLMINI_PATH, llava:PATH_OR_ID, hf:PATH_OR_ID")
+    p.add_argument("--out", required=True, help="results folder (rerunning into it resumes)")
+    p.add_argument("--limit", type=int, default=0, help="the first N items of each benchmark only")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.epilog = build_adapter.__doc__
+
+
+def run_command(args) -> int:
+    from .models import build_adapter
+    from .runner import parse_benchmarks, run
+    specs = args.model + [s for s in args.baselines.split(",") if s.strip()]
+    if not specs:
+        print("error: nothing to run; give --model and/or --baselines", file=sys.stderr)
+        return 2
+    try:
+        benchmarks = parse_benchmarks(args.benchmarks)
+        run(specs, benchmarks, args.out, lambda spec: build_adapter(spec, args.batch_size, args.device),
+            limit=args.limit, batch_size=args.batch_size)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}/results.json; make a report with `python -m eval report {args.out} --out DIR`")
+    return 0
+
+
+def add_report_command(commands) -> None:
+    p = commands.add_parser("report", help="tables and plots from one or more results folders")
+    p.add_argument("results", nargs="+", help="folders written by `python -m eval run`")
+    p.add_argument("--out", required=True, help="folder for report.json, report.md and the plots")
+    p.add_argument("--published", default=None, help="published-scores CSV (default: eval/published_scores.csv)")
+    p.add_argument("--no-published", action="store_true", help="leave published numbers out")
+
+
+def report_command(args) -> int:
+    from .report import PUBLISHED_SCORES, write_report
+    published = None if args.no_published else (args.published or PUBLISHED_SCORES)
+    try:
+        written = write_report(args.results, args.out, published_csv=published)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 

@@ -134,7 +134,8 @@ class ShardStream(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, shards: list[str], transform, shuffle_buffer: int = 0, seed: int = 0,
-                 endless: bool = False, rank: int = 0, world_size: int = 1):
+                 endless: bool = False, rank: int = 0, world_size: int = 1,
+                 resume: "StreamPosition | None" = None):
         super().__init__()
         if len(shards) < world_size:
             raise ValueError(f"{len(shards)} shards cannot be split over {world_size} processes; write at least "
@@ -142,6 +143,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.shards, self.transform = list(shards), transform
         self.shuffle_buffer, self.seed, self.endless = shuffle_buffer, seed, endless
         self.rank, self.world_size = rank, world_size
+        self.resume = resume
 
     def rank_shards(self) -> list[str]:
         """The shards this process reads (its workers split them further)."""
@@ -150,6 +152,11 @@ class ShardStream(torch.utils.data.IterableDataset):
     def _my_shards(self) -> tuple[list[str], int]:
         info = torch.utils.data.get_worker_info()
         wid, workers = (info.id, info.num_workers) if info else (0, 1)
+        if self.resume is not None:
+            # The loader takes samples from its workers in turn, starting with worker 0; the interrupted run
+            # would next have taken one from worker `next_worker`, so worker slots are rotated to match.
+            self.resume.check(self, workers)
+            wid = (wid + self.resume.next_worker) % workers
         mine = self.rank_shards()[wid::workers]
         if not mine:
             raise ValueError(f"DataLoader worker {wid} of {workers} on process {self.rank} got no shard: "
@@ -191,23 +198,73 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         shards, wid = self._my_shards()
         rng = random.Random(f"{self.seed}-{self.rank}-{wid}")
+        start = self.resume.start(self.rank, wid) if self.resume is not None else 0
         errors: list[str] = []
         skipped = 0
-        for sample in self._shuffled(self._raw_samples(shards, rng, errors), rng):
+        for position, sample in enumerate(self._shuffled(self._raw_samples(shards, rng, errors), rng)):
+            if position < start:
+                errors.clear()  # already consumed (and counted) before the restart: fast-forward, no decoding
+                continue
             while errors:  # failures inside the tar reader (truncated members, bad headers)
                 skipped += 1
                 log.warning("skipped an unreadable shard member (%s)", errors.pop())
             try:
-                out = self.transform(Record.from_sample(sample), rng)
+                # Randomness of the transform depends on the position only, so a resumed stream repeats it.
+                sample_rng = random.Random(f"{self.seed}-{self.rank}-{wid}-{position}")
+                out = self.transform(Record.from_sample(sample), sample_rng)
             except RecordError as e:
                 skipped += 1
                 log.warning("skipped record: %s", e)
                 continue
             out["skipped"] = (self.rank, wid, skipped)
+            out["position"] = (self.rank, wid, position)
             yield out
         while errors:
             skipped += 1
             log.warning("skipped an unreadable shard member (%s)", errors.pop())
+
+
+@dataclass
+class StreamPosition:
+    """How far a ShardStream read, to continue exactly there after a restart: for each (rank, worker) the
+    next raw position in its shuffled sequence, and which worker the loader would have asked next.
+
+    Feed it the `position` of every sample the trainer consumed (`update`), save `to_dict()` with the
+    training state, and pass `StreamPosition.from_dict(...)` as the new stream's `resume`. The stream must
+    be built the same way (shards, seed, shuffle buffer, processes and workers); `check` says if not."""
+    workers: int
+    world_size: int
+    seed: int
+    next_positions: dict[str, int] = field(default_factory=dict)  # "rank/worker" -> next position
+    consumed: int = 0  # samples (or batches) taken from each process's loader
+
+    @property
+    def next_worker(self) -> int:
+        return self.consumed % self.workers
+
+    def update(self, positions: list[tuple[int, int, int]], batches: int = 1) -> None:
+        for rank, wid, pos in positions:
+            key = f"{rank}/{wid}"
+            self.next_positions[key] = max(self.next_positions.get(key, 0), pos + 1)
+        self.consumed += batches
+
+    def start(self, rank: int, wid: int) -> int:
+        return self.next_positions.get(f"{rank}/{wid}", 0)
+
+    def check(self, stream: "ShardStream", workers: int) -> None:
+        want = (self.workers, self.world_size, self.seed)
+        have = (max(workers, 1), stream.world_size, stream.seed)
+        if want != have:
+            raise ValueError(f"cannot resume the data stream exactly: it was read with (workers, processes, seed) "
+                             f"= {want} and is now built with {have}; resume with the same settings")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"workers": self.workers, "world_size": self.world_size, "seed": self.seed,
+                "next_positions": dict(self.next_positions), "consumed": self.consumed}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StreamPosition":
+        return cls(**d)
 
 
 def iter_records(shards: list[str], on_error=None) -> Iterator[Record]:

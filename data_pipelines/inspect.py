@@ -1,0 +1,58 @@
+"""A contact sheet: N records of a shard folder in a grid, each image with its questions and answers
+under it, so a person can look at what the model will be trained on."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from molmini.data import Record, find_shards, iter_records
+
+LINE_HEIGHT = 12
+CHARS_PER_LINE = 34
+
+
+def _caption_lines(record: Record, max_pairs: int) -> list[str]:
+    lines = [f"{record.key} [{record.task}]"]
+    for question, answer in record.qa_pairs()[:max_pairs]:
+        lines += textwrap.wrap(f"Q: {question}", CHARS_PER_LINE) + textwrap.wrap(f"A: {answer}", CHARS_PER_LINE)
+    return lines
+
+
+def contact_sheet(folder: str | Path, out: str | Path, num: int = 16, cols: int = 4, tile_px: int = 200,
+                  max_pairs: int = 4) -> Path:
+    """Write a PNG of the first `num` readable records of `folder`; returns its path."""
+    errors: list[str] = []
+    tiles: list[tuple[Image.Image, list[str]]] = []
+    for record in iter_records(find_shards(folder), on_error=errors.append):
+        try:
+            image = record.load_image()
+        except ValueError as e:  # RecordError: shown on the sheet rather than hidden
+            errors.append(str(e))
+            continue
+        image = ImageOps.contain(image, (tile_px, tile_px))  # small images are enlarged to be legible
+        tiles.append((image, _caption_lines(record, max_pairs)))
+        if len(tiles) == num:
+            break
+    if not tiles:
+        raise ValueError(f"no readable record in {folder}" + (f" ({len(errors)} unreadable)" if errors else ""))
+    text_h = LINE_HEIGHT * max(len(lines) for _, lines in tiles) + 6
+    cell_w, cell_h = tile_px + 16, tile_px + text_h + 16
+    rows = -(-len(tiles) // cols)
+    sheet = Image.new("RGB", (cols * cell_w, rows * cell_h + (LINE_HEIGHT + 8 if errors else 0)), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for i, (image, lines) in enumerate(tiles):
+        x, y = (i % cols) * cell_w + 8, (i // cols) * cell_h + 8
+        sheet.paste(image, (x, y))
+        draw.rectangle([x - 1, y - 1, x + image.width, y + image.height], outline="#999999")
+        for j, line in enumerate(lines):
+            draw.text((x, y + tile_px + 4 + j * LINE_HEIGHT), line, fill="black", font=font)
+    if errors:
+        draw.text((8, rows * cell_h + 4), f"{len(errors)} unreadable record(s) skipped; first: {errors[0][:150]}",
+                  fill="red", font=font)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out

@@ -1,0 +1,251 @@
+"""Model adapters: everything the runner evaluates answers `predict(items, max_new_tokens)` the same way.
+
+    adapter                  what it wraps                                              kind
+    MolminiAdapter           a molmini checkpoint (folder or hub id)                    molmini
+    HFVisionLanguageAdapter  any transformers VLM through AutoModelForImageTextToText   baseline
+                             and AutoProcessor (LLaVA, Qwen2-VL/2.5-VL, Idefics3/SmolVLM, PaliGemma)
+    TextOnlyAdapter          a molmini checkpoint shown a blank white image (never the real one)   baseline
+    MajorityAnswerBaseline   the most common gold answer per question type, from a training      baseline
+                             shard folder or from the benchmark's own golds
+
+Each has `name`, `kind`, `num_parameters`, `cache_key` (what predictions are cached under: it changes
+when the model does) and `generate(images, prompts, max_new_tokens) -> list[str]`, batched and greedy.
+`build_adapter("llava:PATH")`-style specs come from the command line (`parse_model_spec`).
+Published numbers for models that cannot run here are a table source of the report (eval/report.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from PIL import Image
+
+from .benchmarks import BenchmarkItem
+
+
+def fingerprint(name_or_path: str) -> str:
+    """A short hash of a model's identity: the absolute folder and its files' sizes and mtimes (so a
+    checkpoint retrained in place is not served stale predictions), or the hub id as given."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file())
+        parts = [str(path.resolve())] + [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
+    else:
+        parts = [str(name_or_path)]
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:10]
+
+
+def display_name(name_or_path: str) -> str:
+    """A folder's name (its run folder's name for a training run's `checkpoint/`), or the hub id."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return str(name_or_path)
+    path = path.resolve()
+    return path.parent.name if path.name == "checkpoint" else path.name
+
+
+class ModelAdapter:
+    """The interface the runner drives. Subclasses set the attributes and implement `generate`."""
+    name: str
+    kind: str                          # "molmini" or "baseline"
+    num_parameters: int
+    cache_key: str
+
+    def generate(self, images: Sequence[Image.Image], prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        raise NotImplementedError
+
+    def predict(self, items: Sequence[BenchmarkItem], max_new_tokens: int) -> list[str]:
+        return self.generate([item.load_image() for item in items], [item.prompt for item in items], max_new_tokens)
+
+    def for_benchmark(self, items: Iterable[BenchmarkItem]) -> "ModelAdapter":
+        """The adapter to use on a benchmark with these items (a baseline fitted to them may differ)."""
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "num_parameters": self.num_parameters,
+                "cache_key": self.cache_key, "training_cost": getattr(self, "training_cost", None)}
+
+
+# ---- molmini ---------------------------------------------------------------------------------------------
+
+def read_training_cost(checkpoint: str | Path) -> dict[str, Any] | None:
+    """wall_time_s, device and num_processes from the `train_summary.json` a training run writes beside
+    (or into) its checkpoint folder; None when the run recorded no cost."""
+    folder = Path(checkpoint)
+    for summary in (folder / "train_summary.json", folder.parent / "train_summary.json"):
+        if summary.is_file():
+            data = json.loads(summary.read_text())
+            if "wall_time_s" in data:
+                processes = int(data.get("num_processes", 1))
+                return {"wall_time_s": float(data["wall_time_s"]), "device": data.get("device", "?"),
+                        "num_processes": processes,
+                        "device_hours": float(data["wall_time_s"]) * processes / 3600.0}
+    return None
+
+
+class MolminiAdapter(ModelAdapter):
+    kind = "molmini"
+
+    def __init__(self, name_or_path: str, batch_size: int = 32, device: str = "cpu"):
+        from molmini.model import MolminiModel
+
+        self.model = MolminiModel.from_pretrained(name_or_path, device=device)
+        self.batch_size = batch_size
+        self.name = display_name(name_or_path)
+        self.num_parameters = sum(p.numel() for p in self.model.parameters())
+        self.cache_key = f"molmini:{fingerprint(name_or_path)}"
+        self.training_cost = read_training_cost(name_or_path)
+
+    def generate(self, images, prompts, max_new_tokens):
+        return self.model.generate(images=list(images), prompts=list(prompts), max_new_tokens=max_new_tokens,
+                                   batch_size=self.batch_size, do_sample=False)
+
+
+class TextOnlyAdapter(MolminiAdapter):
+    """A molmini checkpoint that never sees the image: each image is replaced by a blank white one of the
+    same size, so the answer can only come from the question (and the LM's priors)."""
+    kind = "baseline"
+
+    def __init__(self, name_or_path: str, batch_size: int = 32, device: str = "cpu"):
+        super().__init__(name_or_path, batch_size, device)
+        self.name = f"text-only {self.name}"
+        self.cache_key = f"text-only:{fingerprint(name_or_path)}"
+        self.training_cost = None
+
+    def generate(self, images, prompts, max_new_tokens):
+        blanks = [Image.new("RGB", image.size, "white") for image in images]
+        return super().generate(blanks, prompts, max_new_tokens)
+
+
+# ---- any transformers VLM --------------------------------------------------------------------------------
+
+class HFVisionLanguageAdapter(ModelAdapter):
+    """A Hugging Face image-text-to-text model with its own processor and chat template. Prompts are one
+    user turn, image first; batches are left-padded and decoded past the prompt."""
+    kind = "baseline"
+
+    def __init__(self, name_or_path: str, batch_size: int = 8, device: str = "cpu"):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.processor = AutoProcessor.from_pretrained(name_or_path)
+        self.processor.tokenizer.padding_side = "left"  # decoder-only generation continues from the right
+        self.model = AutoModelForImageTextToText.from_pretrained(
+            name_or_path, dtype="auto" if device != "cpu" else None).to(device).eval()
+        if self.model.generation_config.pad_token_id is None:
+            self.model.generation_config.pad_token_id = self.processor.tokenizer.pad_token_id
+        self.batch_size, self.device = batch_size, device
+        self.name = display_name(name_or_path)
+        self.num_parameters = sum(p.numel() for p in self.model.parameters())
+        self.cache_key = f"hf:{fingerprint(name_or_path)}"
+
+    def format_prompt(self, prompt: str) -> str:
+        """The model's chat template around one user turn; PaliGemma-style processors without one take
+        the bare prompt and insert the image tokens themselves."""
+        if not getattr(self.processor, "chat_template", None):
+            return prompt
+        turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        return self.processor.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+
+    def generate(self, images, prompts, max_new_tokens):
+        import torch
+
+        answers: list[str] = []
+        for start in range(0, len(prompts), self.batch_size):
+            texts = [self.format_prompt(p) for p in prompts[start:start + self.batch_size]]
+            inputs = self.processor(images=list(images[start:start + self.batch_size]), text=texts,
+                                    return_tensors="pt", padding=True).to(self.device)
+            with torch.no_grad():
+                output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            new_tokens = output[:, inputs["input_ids"].shape[1]:]
+            answers += [a.strip() for a in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
+        return answers
+
+
+# ---- majority answer -------------------------------------------------------------------------------------
+
+class MajorityAnswerBaseline(ModelAdapter):
+    """Answers every question with the most common gold answer of its question type (item.subset),
+    falling back to the most common answer overall. Fitted on a training shard folder (the honest
+    baseline) or, without one, on each benchmark's own golds (an optimistic prior: it has seen the test
+    answers' distribution)."""
+    kind = "baseline"
+    num_parameters = 0
+
+    def __init__(self, train_dir: str | None = None, answers_by_type: dict[str, str] | None = None,
+                 overall: str = ""):
+        self.train_dir = train_dir
+        if train_dir and answers_by_type is None:
+            answers_by_type, overall = majority_from_shards(train_dir)
+        self.answers_by_type, self.overall = answers_by_type or {}, overall
+        self.name = "majority (train)" if train_dir else "majority (benchmark golds)"
+        self.cache_key = f"majority:{fingerprint(train_dir)}" if train_dir else "majority:golds"
+
+    def for_benchmark(self, items):
+        if self.train_dir:
+            return self
+        by_type, overall = majority_answers(((item.subset, item.golds[0]) for item in items if item.golds))
+        return MajorityAnswerBaseline(answers_by_type=by_type, overall=overall)
+
+    def answer(self, question_type: str) -> str:
+        return self.answers_by_type.get(question_type, self.overall)
+
+    def predict(self, items, max_new_tokens):
+        return [self.answer(item.subset) for item in items]
+
+    def generate(self, images, prompts, max_new_tokens):
+        return [self.overall for _ in prompts]  # no question type here: the overall majority
+
+
+def majority_answers(typed_answers: Iterable[tuple[str, str]]) -> tuple[dict[str, str], str]:
+    """(most common answer per type, most common overall); ties go to the answer seen first."""
+    by_type: dict[str, Counter] = defaultdict(Counter)
+    overall: Counter = Counter()
+    for question_type, answer in typed_answers:
+        by_type[question_type][answer] += 1
+        overall[answer] += 1
+    return ({t: c.most_common(1)[0][0] for t, c in by_type.items()},
+            overall.most_common(1)[0][0] if overall else "")
+
+
+def majority_from_shards(train_dir: str) -> tuple[dict[str, str], str]:
+    from molmini.data import find_shards, iter_records
+
+    def typed_answers():
+        for record in iter_records(find_shards(train_dir)):
+            types = record.meta.get("qa_types") or []
+            for j, (_, answer) in enumerate(record.qa_pairs()):
+                yield (types[j] if j < len(types) else (record.task or "all")), answer
+    return majority_answers(typed_answers())
+
+
+# ---- command-line specs ----------------------------------------------------------------------------------
+
+BASELINE_KINDS = ("majority", "text-only", "llava", "hf")
+
+
+def is_hf_folder(path: str) -> bool:
+    """A transformers checkpoint folder (its config.json names a model_type); molmini's does not."""
+    config = Path(path) / "config.json"
+    return config.is_file() and "model_type" in json.loads(config.read_text())
+
+
+def build_adapter(spec: str, batch_size: int = 16, device: str = "cpu") -> ModelAdapter:
+    """An adapter from a command-line spec:
+    PATH_OR_ID (molmini checkpoint; a transformers folder is detected), `hf:PATH_OR_ID` or
+    `llava:PATH_OR_ID` (any AutoModelForImageTextToText), `text-only:MOLMINI_PATH`, `majority` (the
+    benchmark's own golds) or `majority:TRAIN_SHARD_DIR`."""
+    kind, _, target = spec.partition(":")
+    if kind not in BASELINE_KINDS:
+        kind, target = "", spec
+    if kind == "majority":
+        return MajorityAnswerBaseline(train_dir=target or None)
+    if not target:
+        raise ValueError(f"model spec {spec!r} names no model; use {kind}:PATH_OR_HUB_ID")
+    if kind == "text-only":
+        return TextOnlyAdapter(target, batch_size, device)
+    if kind in ("hf", "llava") or is_hf_folder(target):
+        return HFVisionLanguageAdapter(target, batch_size, device)
+    return MolminiAdapter(target, batch_size, device)

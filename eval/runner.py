@@ -1,0 +1,186 @@
+"""Run models over benchmarks: batched, greedy and resumable.
+
+Output folder layout:
+
+    OUT/results.json                         one entry per (model, benchmark): score, per-subset scores,
+                                             the model's parameters and training cost, and the benchmark's
+                                             settings (prompt template, max_new_tokens, source)
+    OUT/predictions/<model>__<benchmark>__<key>.jsonl
+                                             every item: raw and normalised prediction, golds and score
+
+The predictions file is also the cache: a line is written as soon as its batch is answered, and a later
+run over the same folder skips the items already there. Its name carries a hash of the model's
+`cache_key` (which changes with the checkpoint's files), the benchmark and its generation settings, so
+a different model, or the same model at another max_new_tokens, never reuses another's predictions.
+Scores are recomputed from the cached raw predictions on every run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from .benchmarks import Benchmark, BenchmarkItem, load_benchmark
+from .metrics import extract_choice, normalise_vqa_answer
+from .models import ModelAdapter
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+BENCHMARK_ALIASES = {"synth-charts": "synthetic"}  # the name eval.heldout reports under
+
+
+def parse_benchmarks(specs: str | Sequence[str]) -> list[Benchmark]:
+    """`chartqa,synthetic=data/charts/test,jsonl=my_task.jsonl`: a benchmark name, optionally with its
+    path (default: its folder under benchmarks/). Every path is checked before any model loads."""
+    if isinstance(specs, str):
+        specs = [s for s in specs.split(",") if s.strip()]
+    benchmarks = []
+    for spec in specs:
+        name, _, path = spec.strip().partition("=")
+        benchmarks.append(load_benchmark(BENCHMARK_ALIASES.get(name, name), path or None))
+    return benchmarks
+
+
+def normalise_prediction(item: BenchmarkItem, prediction: str) -> str:
+    """What the metric compares: the option letter for multiple choice, the EvalAI-normalised answer for
+    VQA accuracy, otherwise the lower-cased answer with collapsed whitespace."""
+    if item.metric == "multiple_choice_accuracy":
+        return extract_choice(prediction, item.options) or ""
+    if item.metric == "vqa_accuracy":
+        return normalise_vqa_answer(prediction)
+    return " ".join(prediction.strip().lower().split())
+
+
+def prediction_row(adapter: ModelAdapter, benchmark: Benchmark, item: BenchmarkItem, prediction: str) -> dict[str, Any]:
+    return {"model": adapter.name, "cache_key": adapter.cache_key, "benchmark": benchmark.spec.name,
+            "item_id": item.id, "subset": item.subset, "prompt": item.prompt, "golds": item.golds,
+            "metric": item.metric, "prediction": prediction,
+            "normalised_prediction": normalise_prediction(item, prediction), "score": item.score(prediction)}
+
+
+# ---- the cache -------------------------------------------------------------------------------------------
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:60] or "model"
+
+
+def predictions_path(out_dir: Path, adapter: ModelAdapter, benchmark: Benchmark) -> Path:
+    settings = benchmark.settings()
+    identity = json.dumps([adapter.cache_key, settings["benchmark"], str(Path(settings["path"]).resolve()),
+                           settings["prompt_template"], settings["max_new_tokens"]])
+    key = hashlib.sha1(identity.encode()).hexdigest()[:10]
+    return out_dir / "predictions" / f"{_slug(adapter.name)}__{benchmark.spec.name}__{key}.jsonl"
+
+
+def read_cached_predictions(path: Path, cache_key: str) -> dict[str, str]:
+    """item id -> raw prediction, from a predictions file written by an earlier (maybe interrupted) run;
+    a torn last line is ignored, and so is any line written for another model."""
+    cached: dict[str, str] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("%s: ignoring an unreadable line (an interrupted write)", path)
+                continue
+            if row.get("cache_key") == cache_key:
+                cached[row["item_id"]] = row["prediction"]
+    return cached
+
+
+# ---- running ---------------------------------------------------------------------------------------------
+
+def evaluate(adapter: ModelAdapter, benchmark: Benchmark, out_dir: str | Path, limit: int = 0,
+             batch_size: int = 16) -> dict[str, Any]:
+    """Score `adapter` on the first `limit` items (all when 0) of `benchmark`, answering only the items
+    not yet in the predictions file; returns the result entry of results.json."""
+    out_dir = Path(out_dir)
+    adapter = adapter.for_benchmark(iter(benchmark))   # a majority baseline fits on the golds here
+    path = predictions_path(out_dir, adapter, benchmark)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cached = read_cached_predictions(path, adapter.cache_key)
+    max_new_tokens = benchmark.spec.max_new_tokens
+    rows: list[dict[str, Any]] = []
+    pending: list[BenchmarkItem] = []
+    answered = 0
+
+    with open(path, "a", encoding="utf-8") as cache:
+        def answer_pending() -> None:
+            nonlocal answered
+            for item, prediction in zip(pending, adapter.predict(pending, max_new_tokens)):
+                row = prediction_row(adapter, benchmark, item, prediction)
+                cache.write(json.dumps(row, ensure_ascii=False) + "\n")
+                rows.append(row)
+            cache.flush()
+            answered += len(pending)
+            pending.clear()
+
+        for item in islice(benchmark, limit or None):
+            if item.id in cached:
+                rows.append(prediction_row(adapter, benchmark, item, cached[item.id]))
+                continue
+            pending.append(item)
+            if len(pending) == batch_size:
+                answer_pending()
+        if pending:
+            answer_pending()
+    log.info("%s on %s: %d items, %d answered now, %d from %s", adapter.name, benchmark.spec.name, len(rows),
+             answered, len(rows) - answered, path)
+    return summarise(adapter, benchmark, rows, limit, path.relative_to(out_dir), answered)
+
+
+def summarise(adapter: ModelAdapter, benchmark: Benchmark, rows: list[dict[str, Any]], limit: int,
+              predictions: Path, answered: int) -> dict[str, Any]:
+    def mean(scores: list[float]) -> float:
+        return sum(scores) / len(scores) if scores else 0.0
+
+    subsets: dict[str, list[float]] = {}
+    for row in rows:
+        subsets.setdefault(row["subset"] or "all", []).append(row["score"])
+    return {"model": adapter.describe(), "benchmark": benchmark.spec.name, "settings": benchmark.settings(),
+            "n": len(rows), "score": mean([r["score"] for r in rows]),
+            "per_subset": {name: {"n": len(s), "score": mean(s)} for name, s in sorted(subsets.items())},
+            "limit": limit, "answered_this_run": answered, "predictions": str(predictions)}
+
+
+def run(model_specs: Iterable[str], benchmarks: list[Benchmark], out_dir: str | Path,
+        build: Callable[[str], ModelAdapter], limit: int = 0, batch_size: int = 16) -> list[dict[str, Any]]:
+    """Each model in turn (built by `build(spec)`, then released) over every benchmark; results.json in
+    `out_dir` gains or replaces one entry per (model, benchmark) and keeps the others."""
+    import torch
+
+    torch.manual_seed(0)  # generation is greedy; this only pins anything a model samples at load time
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = read_results(out_dir)
+    for spec in model_specs:
+        adapter = build(spec)
+        for benchmark in benchmarks:
+            entry = evaluate(adapter, benchmark, out_dir, limit=limit, batch_size=batch_size)
+            entry["model"]["spec"] = spec
+            entries = [e for e in entries if (e["model"]["cache_key"], e["benchmark"]) !=
+                       (entry["model"]["cache_key"], entry["benchmark"])] + [entry]
+            write_results(out_dir, entries)
+            print(f"{adapter.name:<32} {benchmark.spec.name:<14} {100 * entry['score']:6.1f}  "
+                  f"({entry['n']} items, {entry['answered_this_run']} answered now)")
+        del adapter
+    return entries
+
+
+def read_results(out_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(out_dir) / RESULTS_FILE
+    if not path.is_file():
+        return []
+    return json.loads(path.read_text())["results"]
+
+
+def write_results(out_dir: Path, entries: list[dict[str, Any]]) -> None:
+    path = out_dir / RESULTS_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"results": entries}, indent=2, ensure_ascii=False))
+    tmp.replace(path)  # a run killed mid-write leaves the previous results, not half a file

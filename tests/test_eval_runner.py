@@ -1,0 +1,152 @@
+"""eval run / report end to end: a tiny molmini and a tiny random LLaVA (loaded through the real
+AutoModelForImageTextToText / AutoProcessor path) on one synthetic benchmark, resumed runs, the cache's
+keys, the report's table and plots."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_config
+
+from eval.__main__ import main
+from eval.models import MolminiAdapter, build_adapter
+from eval.report import pareto_front, published_rows, PUBLISHED_SCORES
+
+
+def save_tiny_llava(folder, tokenizer) -> None:
+    """A random LlavaForConditionalGeneration (tiny CLIP tower + tiny Llama) and its LlavaProcessor."""
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+
+    from tokenizers import Tokenizer
+
+    # a copy: the session's molmini tokenizer must not gain the "<image>" token
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer.backend_tokenizer.to_str()),
+                                  pad_token="<pad>", eos_token="<|end|>")
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}"
+                         "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}\n"
+                         "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8, projection_dim=32)
+    text = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                       num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=256,
+                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
+                         vision_feature_select_strategy="default", vision_feature_layer=-1)
+    torch.manual_seed(0)
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    # LLaVA-1.5 style: the CLS feature is dropped ("default"), so 16 image tokens per 32 px image
+    LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                   tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+                   num_additional_image_tokens=1, chat_template=tok.chat_template).save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tokenizer):
+    from data_pipelines.synth.charts import synthesize
+    from molmini.model import MolminiModel
+
+    root = tmp_path_factory.mktemp("eval_run")
+    synthesize(root / "shards", 8, 0, image_px=32, workers=1, shard_size=8, progress=False)
+    torch.manual_seed(0)
+    run_dir = root / "molmini_run"
+    MolminiModel(tiny_config().model, tokenizer).save_pretrained(run_dir / "checkpoint")
+    (run_dir / "train_summary.json").write_text(json.dumps({"wall_time_s": 90.0, "device": "cpu", "num_processes": 1}))
+    torch.manual_seed(1)
+    other = MolminiModel(tiny_config().model, tokenizer).save_pretrained(root / "other_molmini")
+    save_tiny_llava(root / "tiny_llava", tokenizer)
+    return {"root": root, "shards": root / "shards", "molmini": run_dir / "checkpoint", "other": other,
+            "llava": root / "tiny_llava"}
+
+
+def count_generated_prompts(monkeypatch) -> list[str]:
+    """Every prompt MolminiAdapter.generate is asked to answer, in order."""
+    seen: list[str] = []
+    original = MolminiAdapter.generate
+
+    def counting(self, images, prompts, max_new_tokens):
+        seen.extend(prompts)
+        return original(self, images, prompts, max_new_tokens)
+    monkeypatch.setattr(MolminiAdapter, "generate", counting)
+    return seen
+
+
+def predictions(out_dir) -> list[dict]:
+    return [json.loads(line) for path in sorted((out_dir / "predictions").glob("*.jsonl"))
+            for line in path.read_text().splitlines()]
+
+
+def test_llava_and_molmini_in_one_run_and_one_report(workspace):
+    out, report = workspace["root"] / "results", workspace["root"] / "report"
+    assert main(["run", "--model", str(workspace["molmini"]), "--benchmarks", f"synth-charts={workspace['shards']}",
+                 "--baselines", f"majority,text-only:{workspace['molmini']},llava:{workspace['llava']}",
+                 "--out", str(out), "--batch-size", "4"]) == 0
+    results = json.loads((out / "results.json").read_text())["results"]
+    by_name = {r["model"]["name"]: r for r in results}
+    assert set(by_name) == {"molmini_run", "tiny_llava", "majority (benchmark golds)", "text-only molmini_run"}
+    llava = by_name["tiny_llava"]
+    assert llava["model"]["kind"] == "baseline" and llava["model"]["num_parameters"] > 0
+    assert llava["settings"]["max_new_tokens"] == 8 and llava["settings"]["prompt_template"] == "question_only"
+    n_items = llava["n"]
+    assert n_items > 0 and all(r["n"] == n_items for r in results)
+    assert by_name["majority (benchmark golds)"]["score"] > 0   # the most common answer is right sometimes
+    rows = predictions(out)
+    assert len(rows) == 4 * n_items
+    assert {"prediction", "normalised_prediction", "score", "golds", "item_id"} <= set(rows[0])
+
+    assert main(["report", str(out), "--out", str(report)]) == 0
+    table = (report / "report.md").read_text()
+    assert "| molmini_run | molmini |" in table and "| tiny_llava | baseline |" in table
+    for png in ("scores_vs_parameters.png", "scores_vs_training_cost.png"):  # molmini_run recorded its cost
+        with Image.open(report / png) as image:
+            image.verify()
+            assert image.format == "PNG"
+    rows = json.loads((report / "report.json").read_text())["rows"]
+    assert next(r for r in rows if r["name"] == "molmini_run")["training_hours"] == pytest.approx(90 / 3600)
+
+
+def test_resume_answers_only_items_not_yet_cached(workspace, monkeypatch):
+    out = workspace["root"] / "resume"
+    seen = count_generated_prompts(monkeypatch)
+    args = ["run", "--model", str(workspace["molmini"]), "--benchmarks", f"synthetic={workspace['shards']}",
+            "--out", str(out), "--batch-size", "2"]
+    assert main(args + ["--limit", "3"]) == 0
+    first = list(seen)
+    assert len(first) == 3
+    assert main(args) == 0
+    total = json.loads((out / "results.json").read_text())["results"][0]["n"]
+    assert len(seen) == total and seen[:3] == first    # the first 3 were not asked again
+    assert len(predictions(out)) == total
+    assert main(args) == 0
+    assert len(seen) == total                          # a finished run answers nothing
+
+
+def test_cache_is_keyed_by_model(workspace, monkeypatch):
+    out = workspace["root"] / "two_models"
+    seen = count_generated_prompts(monkeypatch)
+    for model in (workspace["molmini"], workspace["other"]):
+        assert main(["run", "--model", str(model), "--benchmarks", f"synthetic={workspace['shards']}",
+                     "--out", str(out), "--limit", "4"]) == 0
+    assert len(seen) == 8                              # the second model did not reuse the first's answers
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert len({r["model"]["cache_key"] for r in results}) == 2
+    assert len(list((out / "predictions").glob("*.jsonl"))) == 2
+
+
+def test_model_specs_pick_adapters(workspace):
+    assert type(build_adapter(str(workspace["llava"]))).__name__ == "HFVisionLanguageAdapter"  # detected
+    assert type(build_adapter(str(workspace["molmini"]))).__name__ == "MolminiAdapter"
+    assert build_adapter("majority").num_parameters == 0
+    with pytest.raises(ValueError, match="names no model"):
+        build_adapter("llava:")
+
+
+def test_pareto_front_and_published_rows():
+    assert pareto_front([(1, 10), (2, 5), (3, 20), (3, 15), (5, 20)]) == [(1, 10), (3, 20)]
+    rows = {r.name: r for r in published_rows(PUBLISHED_SCORES, ["chartqa", "ai2d_no_mask"])}
+    assert rows["Molmo-7B-D"].scores == {"chartqa": 84.1, "ai2d_no_mask": 93.2}
+    assert rows["Molmo-7B-D"].num_parameters == 8_000_000_000 and rows["GPT-4o-0513"].num_parameters is None
