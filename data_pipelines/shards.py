@@ -18,7 +18,7 @@ from typing import Any
 
 import webdataset
 
-from molmini.data import Record
+from molmini.data import Record, find_shards
 
 MANIFEST_NAME = "manifest.json"
 SHARD_PATTERN = "shard-%06d.tar"
@@ -148,13 +148,8 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def list_shards(folder: str | os.PathLike) -> list[str]:
-    """Sorted paths of the shard files in `folder`."""
-    shards = sorted(str(p) for p in Path(folder).glob(SHARD_GLOB)) if Path(folder).is_dir() else []
-    if not shards:
-        what = "has no shard files" if Path(folder).is_dir() else "does not exist"
-        raise FileNotFoundError(f"shard folder {folder} {what} ({SHARD_GLOB}); "
-                                f"{CREATE_HINT.format(folder=folder)}")
-    return shards
+    """Sorted paths of the shard files in `folder` (the one lookup readers use too, with its errors)."""
+    return find_shards(folder)
 
 
 def verify_manifest(folder: str | os.PathLike) -> dict[str, Any]:
