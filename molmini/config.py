@@ -33,8 +33,9 @@ class VisionConfig:
 
 @dataclass
 class ConnectorConfig:
+    # attention_pool_2x2 (Molmo), pixel_shuffle (SmolVLM/nanoVLM) or mlp (LLaVA); see molmini/connector.py.
     kind: str = "attention_pool_2x2"
-    # Hidden width of the SwiGLU MLP after pooling; 0 means 2x the LM width.
+    # Hidden width of the connector's MLP: 0 means 2x the LM width (attention_pool_2x2) or the LM width (mlp).
     mlp_hidden: int = 0
 
 
