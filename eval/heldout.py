@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from molmini.data import Record, RecordError, find_shards, iter_records
 
@@ -16,7 +15,7 @@ from .metrics import exact_match, relaxed_accuracy
 log = logging.getLogger(__name__)
 
 
-def qa_items(records: list[Record]) -> list[dict[str, Any]]:
+def qa_items(records: Iterable[Record]) -> list[dict[str, Any]]:
     items = []
     for rec in records:
         types = rec.meta.get("qa_types") or []
@@ -28,10 +27,8 @@ def qa_items(records: list[Record]) -> list[dict[str, Any]]:
 
 def majority_answers(train_dir: str) -> dict[str, str]:
     """The most common answer per question type in the training split."""
-    counts: dict[str, Counter] = defaultdict(Counter)
-    for item in qa_items(list(iter_records(find_shards(train_dir)))):
-        counts[item["type"]][item["answer"]] += 1
-    return {qtype: c.most_common(1)[0][0] for qtype, c in counts.items()}
+    from .models import majority_from_shards  # the majority baseline of the benchmark runner
+    return majority_from_shards(train_dir)[0]
 
 
 def evaluate(model, test_dir: str, train_dir: str, batch_size: int = 64, max_new_tokens: int = 8,

@@ -213,12 +213,9 @@ def majority_answers(typed_answers: Iterable[tuple[str, str]]) -> tuple[dict[str
 def majority_from_shards(train_dir: str) -> tuple[dict[str, str], str]:
     from molmini.data import find_shards, iter_records
 
-    def typed_answers():
-        for record in iter_records(find_shards(train_dir)):
-            types = record.meta.get("qa_types") or []
-            for j, (_, answer) in enumerate(record.qa_pairs()):
-                yield (types[j] if j < len(types) else (record.task or "all")), answer
-    return majority_answers(typed_answers())
+    from .heldout import qa_items
+    items = qa_items(iter_records(find_shards(train_dir)))
+    return majority_answers((item["type"], item["answer"]) for item in items)
 
 
 # ---- command-line specs ----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
@@ -196,7 +196,6 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None) ->
     if skipped_total:
         log.warning("skipped %d unreadable records during training (see the warnings above for their keys)",
                     skipped_total)
-    from accelerate.utils import gather_object
     shards_by_rank = gather_object([stream.rank_shards()])
     summary = {"steps": step, "samples": step * cfg.train.batch_size * world, "wall_time_s": round(wall, 1),
                "device": str(accelerator.device.type), "num_processes": world, "parameters": n_params,
