@@ -58,11 +58,28 @@ class TokenizerConfig:
 
 
 @dataclass
+class ImageConfig:
+    """How an image is cut for the tower (molmini/crops.py)."""
+    # 0: the global view only (the image resized to the tower's size, aspect ratio kept); N > 0: the global
+    # view plus a grid of up to N overlapping crops at the tower's resolution (Molmo uses 12).
+    max_crops: int = 0
+    # Patches on each inner side of a crop that overlap its neighbour and are dropped; empty: a sixth of
+    # the crop's patch grid, rounded (Molmo: 4 of 24).
+    overlap_margin: int | None = None
+
+
+@dataclass
 class ModelConfig:
+    # A named preset (molmini/presets.py) whose settings the keys below override; empty: none.
+    preset: str = ""
     vision: VisionConfig = field(default_factory=VisionConfig)
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
     lm: LMConfig = field(default_factory=LMConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    # How a record's question/answer pairs share one sequence: "turns" (one conversation, each answer
+    # sees the earlier pairs) or "masked" (Molmo: each answer sees only the image and its own question).
+    multi_annotation: str = "turns"
 
 
 @dataclass

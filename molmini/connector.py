@@ -1,4 +1,10 @@
-"""Connectors from vision patch features to LM embeddings."""
+"""Connectors from vision patch features to LM embeddings, behind one interface.
+
+The processor groups the kept patch features of every view into windows (`molmini.crops.pool_windows`):
+2x2 neighbourhoods for the pooling connectors, single patches for the MLP. A connector maps
+`windows [T, k, C]` (with `valid [T, k]`, False where a window passes the edge of an odd-sized grid) to
+`[T, D]`: one LM embedding per window, in the order of the image placeholder tokens.
+"""
 from __future__ import annotations
 
 import torch
@@ -21,7 +27,8 @@ class SwiGLU(nn.Module):
 
 class AttentionPool2x2(nn.Module):
     """Molmo's connector: each 2x2 window of patches is pooled by attention with the window's mean as the
-    query, then a SwiGLU MLP maps it to the LM width. A grid of g x g patches gives ceil(g/2)^2 tokens."""
+    query, then a SwiGLU MLP maps it to the LM width."""
+    pool = 2
 
     def __init__(self, in_dim: int, out_dim: int, mlp_hidden: int = 0):
         super().__init__()
@@ -31,64 +38,37 @@ class AttentionPool2x2(nn.Module):
         self.attn = nn.MultiheadAttention(in_dim, heads, batch_first=True)
         self.mlp = SwiGLU(in_dim, mlp_hidden or 2 * out_dim, out_dim)
 
-    @staticmethod
-    def pooled_grid(grid: int) -> int:
-        return (grid + 1) // 2
-
-    def forward(self, feats: torch.Tensor, grid: int) -> torch.Tensor:
-        windows = _windows_2x2(feats, grid)
-        b, tokens, _, c = windows.shape
-        windows = windows.reshape(b * tokens, 4, c)
-        query = windows.mean(dim=1, keepdim=True)
-        pooled, _ = self.attn(query, windows, windows, need_weights=False)
-        return self.mlp(pooled.view(b, tokens, c))
-
-
-def _windows_2x2(feats: torch.Tensor, grid: int) -> torch.Tensor:
-    """[B, g*g, C] -> [B, ceil(g/2)^2, 4, C]: the 2x2 windows of the patch grid (odd grids zero-padded)."""
-    b, n, c = feats.shape
-    if n != grid * grid:
-        raise ValueError(f"expected {grid}x{grid}={grid * grid} patch features, got {n}")
-    x = feats.view(b, grid, grid, c)
-    if grid % 2:
-        x = F.pad(x, (0, 0, 0, 1, 0, 1))
-    g = x.shape[1] // 2
-    return x.view(b, g, 2, g, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(b, g * g, 4, c)
+    def forward(self, windows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        weights = valid.unsqueeze(-1).to(windows.dtype)
+        query = (windows * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(min=1)
+        pooled, _ = self.attn(query, windows, windows, key_padding_mask=~valid, need_weights=False)
+        return self.mlp(pooled.squeeze(1))
 
 
 class PixelShuffleLinear(nn.Module):
     """SmolVLM / nanoVLM: each 2x2 window's four patch vectors are concatenated (space to depth, 4x fewer
-    tokens) and one linear layer maps them to the LM width."""
+    tokens) and one linear layer maps them to the LM width; positions past an odd grid's edge are zeros."""
+    pool = 2
 
     def __init__(self, in_dim: int, out_dim: int, mlp_hidden: int = 0):
         super().__init__()
         self.proj = nn.Linear(4 * in_dim, out_dim, bias=False)
 
-    @staticmethod
-    def pooled_grid(grid: int) -> int:
-        return (grid + 1) // 2
-
-    def forward(self, feats: torch.Tensor, grid: int) -> torch.Tensor:
-        windows = _windows_2x2(feats, grid)
-        return self.proj(windows.flatten(2))
+    def forward(self, windows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return self.proj((windows * valid.unsqueeze(-1).to(windows.dtype)).flatten(1))
 
 
 class MLPProjector(nn.Module):
     """LLaVA-1.5: every patch becomes one LM token through a two-layer GELU MLP (no pooling)."""
+    pool = 1
 
     def __init__(self, in_dim: int, out_dim: int, mlp_hidden: int = 0):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(in_dim, mlp_hidden or out_dim), nn.GELU(),
                                  nn.Linear(mlp_hidden or out_dim, out_dim))
 
-    @staticmethod
-    def pooled_grid(grid: int) -> int:
-        return grid
-
-    def forward(self, feats: torch.Tensor, grid: int) -> torch.Tensor:
-        if feats.shape[1] != grid * grid:
-            raise ValueError(f"expected {grid}x{grid}={grid * grid} patch features, got {feats.shape[1]}")
-        return self.mlp(feats)
+    def forward(self, windows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return self.mlp(windows.squeeze(1))
 
 
 CONNECTORS = {"attention_pool_2x2": AttentionPool2x2, "pixel_shuffle": PixelShuffleLinear, "mlp": MLPProjector}

@@ -1,6 +1,7 @@
 """Checkpoint folders and the Hugging Face hub: resolving a folder or hub id, and the model card."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,29 @@ def resolve_checkpoint(name_or_path: str | Path, required: list[str]) -> Path:
             raise FileNotFoundError(f"checkpoint {str(name_or_path)!r} is neither a folder nor a hub id "
                                     "(owner/name); pass the checkpoint folder a training run wrote")
         from huggingface_hub import snapshot_download
-        path = Path(snapshot_download(str(name_or_path)))
+        path = Path(snapshot_download(str(name_or_path), endpoint=os.environ.get("HF_ENDPOINT") or None))
     for name in required:
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path / name} is missing: {path} is not a complete molmini checkpoint")
     return path
+
+
+def push_folder(folder: str | Path, repo_id: str, private: bool | None = None, token: str | None = None,
+                commit_message: str = "Upload molmini checkpoint") -> str:
+    """Upload a checkpoint folder as is (weights, tokenizer, processor config, model card) to the hub model
+    repository `repo_id`, creating it if needed; returns the commit URL. HF_ENDPOINT picks another hub."""
+    from huggingface_hub import HfApi
+    folder = Path(folder)
+    missing = [n for n in ("config.json", "model.safetensors", "processor_config.json", "README.md")
+               if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} lacks {missing}: push the checkpoint folder a training run wrote "
+                                "(runs/NAME/checkpoint) or one saved with model.save_pretrained")
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                             commit_message=commit_message)
+    return str(getattr(info, "commit_url", info))
 
 
 def write_model_card(folder: Path, model: Any, eval_results: dict[str, Any] | None = None,

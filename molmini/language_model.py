@@ -22,7 +22,8 @@ def build_language_model(cfg: LMConfig, vocab_size: int, token_ids: dict[str, in
         hf_cfg = AutoConfig.for_model(saved.pop("model_type"), **saved)
         lm = AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=cfg.attn_implementation)
     elif cfg.name_or_path:
-        lm = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, attn_implementation=cfg.attn_implementation)
+        lm = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, attn_implementation=cfg.attn_implementation,
+                                                  use_safetensors=True)  # never unpickle downloaded weights
     else:
         fields = dict(cfg.config)
         if "model_type" not in fields:

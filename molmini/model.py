@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,13 +21,14 @@ from torch import nn
 from . import tokenizer as T
 from .config import ModelConfig, from_dict
 from .connector import build_connector
-from .hub import resolve_checkpoint, write_model_card
+from .hub import push_folder, resolve_checkpoint, write_model_card
 from .language_model import build_language_model
-from .processor import IGNORE_INDEX, MolminiProcessor, ProcessorConfig
+from .processor import IGNORE_INDEX, PROCESSOR_CONFIG, MolminiProcessor, ProcessorConfig
 from .vision import VisionTower
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+REQUIRED_FILES = [CONFIG_FILE, WEIGHTS_FILE, PROCESSOR_CONFIG, "tokenizer_config.json"]
 
 
 class MolminiModel(nn.Module):
@@ -38,32 +41,47 @@ class MolminiModel(nn.Module):
         self.lm = build_language_model(config.lm, len(tokenizer), self.token_ids,
                                        saved_config=saved_lm_config)
         self.connector = build_connector(config.connector, self.vision.output_dim, self.lm.config.hidden_size)
+        # Molmo's pad embedding: added to the features of patches that are all padding (row 0) or partly
+        # padding (row 1), so the model can tell letterboxing from image content. Zero at the start.
+        self.pad_embed = nn.Parameter(torch.zeros(2, self.vision.output_dim))
         self.register_buffer("image_mean", torch.tensor(self.vision.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(self.vision.image_std).view(1, 3, 1, 1), persistent=False)
         self.processor = MolminiProcessor(tokenizer, ProcessorConfig(
-            image_size=self.vision.image_size, pooled_grid=self.connector.pooled_grid(self.vision.grid),
-            image_mean=self.vision.image_mean, image_std=self.vision.image_std, max_length=max_length))
+            image_size=self.vision.image_size, patch_size=self.vision.patch_size, image_mean=self.vision.image_mean,
+            image_std=self.vision.image_std, pool=self.connector.pool, max_crops=config.image.max_crops,
+            overlap_margin=config.image.overlap_margin, max_length=max_length,
+            multi_annotation=config.multi_annotation))
 
     # ---- forward ------------------------------------------------------------------------------------
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """uint8 [B, 3, S, S] -> [B, image tokens, LM width]."""
-        x = (pixel_values.float() / 255.0 - self.image_mean) / self.image_std
-        return self.connector(self.vision(x), self.vision.grid)
+    def image_features(self, pixel_values: torch.Tensor, pad_fraction: torch.Tensor, pool_index: torch.Tensor
+                       ) -> torch.Tensor:
+        """uint8 crops [N, 3, S, S] -> [T, LM width], one row per image placeholder of the batch: the tower's
+        patch features (pad-marked), gathered into the processor's pooling windows, through the connector."""
+        x = (pixel_values.float() / 255.0 - self.image_mean.float()) / self.image_std.float()
+        feats = self.vision(x.to(self.pad_embed.dtype))
+        pad = pad_fraction.to(feats.dtype).unsqueeze(-1)
+        feats = feats + self.pad_embed[0] * (pad >= 1) + self.pad_embed[1] * ((pad > 0) & (pad < 1))
+        windows = feats.flatten(0, 1)[pool_index.clamp(min=0)]
+        return self.connector(windows, pool_index >= 0)
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, pad_fraction: torch.Tensor,
+              pool_index: torch.Tensor) -> torch.Tensor:
         embeds = self.lm.get_input_embeddings()(input_ids)
         placeholders = input_ids == self.token_ids[T.IMAGE_PATCH]
-        feats = self.image_features(pixel_values).to(embeds.dtype)
-        if placeholders.sum() != feats.shape[0] * feats.shape[1]:
-            raise ValueError(f"the batch has {int(placeholders.sum())} image placeholder tokens but the images "
-                             f"give {feats.shape[0]} x {feats.shape[1]} features; build inputs with this "
-                             "model's processor")
+        feats = self.image_features(pixel_values, pad_fraction, pool_index).to(embeds.dtype)
+        if placeholders.sum() != feats.shape[0]:
+            raise ValueError(f"the batch has {int(placeholders.sum())} image placeholder tokens but its images "
+                             f"give {feats.shape[0]} features; build inputs with this model's processor")
         return embeds.masked_scatter(placeholders.unsqueeze(-1), feats)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
-                labels: torch.Tensor | None = None, **_: Any) -> dict[str, torch.Tensor]:
-        embeds = self.embed(input_ids, pixel_values)
-        logits = self.lm(inputs_embeds=embeds, attention_mask=attention_mask).logits
+                pad_fraction: torch.Tensor, pool_index: torch.Tensor, labels: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                **_: Any) -> dict[str, torch.Tensor]:
+        embeds = self.embed(input_ids, pixel_values, pad_fraction, pool_index)
+        if segment_ids is not None:  # Molmo's multi-annotation masking
+            attention_mask = annotation_mask(segment_ids, attention_mask, embeds.dtype)
+        logits = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids).logits
         out = {"logits": logits}
         if labels is not None:
             # Sum over loss tokens; the trainer divides by the number of loss tokens in the global batch.
@@ -81,28 +99,54 @@ class MolminiModel(nn.Module):
 
     @torch.no_grad()
     def generate_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
-                     max_new_tokens: int = 16, **generate_kwargs: Any) -> torch.Tensor:
-        """New token ids for a left-padded batch, through the LM's own `generate` with a KV cache."""
-        embeds = self.embed(input_ids, pixel_values)
+                     pad_fraction: torch.Tensor, pool_index: torch.Tensor, max_new_tokens: int = 16,
+                     **generate_kwargs: Any) -> torch.Tensor:
+        """New token ids for a left-padded batch, through the LM's own `generate` with a KV cache: greedy by
+        default; sampling (do_sample, temperature, top_p), beam search (num_beams) and a `streamer` pass through."""
+        embeds = self.embed(input_ids, pixel_values, pad_fraction, pool_index)
         generate_kwargs.setdefault("do_sample", False)
         return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                                eos_token_id=self.token_ids[T.END], pad_token_id=self.token_ids[T.PAD],
+                                eos_token_id=self.processor.stop_token_id, pad_token_id=self.processor.pad_token_id,
                                 **generate_kwargs)
 
+    def _on_device(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        keys = ("input_ids", "attention_mask", "pixel_values", "pad_fraction", "pool_index")
+        return {k: batch[k].to(self.device) for k in keys}
+
     @torch.no_grad()
-    def generate(self, images: Sequence[Image.Image], prompts: Sequence[str], max_new_tokens: int = 16,
-                 batch_size: int = 32, **generate_kwargs: Any) -> list[str]:
-        """Answer each prompt about its image; greedy unless sampling arguments are given."""
+    def generate(self, images: Sequence[Image.Image | Sequence[Image.Image]], prompts: Sequence[str],
+                 max_new_tokens: int = 16, batch_size: int = 32, **generate_kwargs: Any) -> list[str]:
+        """Answer each prompt about its image (or its list of images, one `<image>` marker each), in batches;
+        greedy unless sampling or beam arguments are given."""
         was_training = self.training
         self.eval()
         answers: list[str] = []
         for start in range(0, len(prompts), batch_size):
             batch = self.processor.prompt_batch(images[start:start + batch_size], prompts[start:start + batch_size])
-            new = self.generate_ids(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device),
-                                    batch["pixel_values"].to(self.device), max_new_tokens, **generate_kwargs)
+            new = self.generate_ids(**self._on_device(batch), max_new_tokens=max_new_tokens, **generate_kwargs)
             answers += [a.strip() for a in self.processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
         self.train(was_training)
         return answers
+
+    def stream(self, image: Image.Image | Sequence[Image.Image], prompt: str, max_new_tokens: int = 64,
+               history: Sequence[dict[str, str]] = (), **generate_kwargs: Any) -> Iterator[str]:
+        """Yield the answer's text piece by piece as it is generated (transformers' TextIteratorStreamer)."""
+        from threading import Thread
+
+        from transformers import TextIteratorStreamer
+        batch = self.processor.collate([self.processor.process_prompt(image, prompt, history)], padding_side="left")
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=False, skip_special_tokens=True)
+        self.eval()
+        thread = Thread(target=self.generate_ids, kwargs={**self._on_device(batch), "max_new_tokens": max_new_tokens,
+                                                          "streamer": streamer, **generate_kwargs})
+        thread.start()
+        yield from streamer
+        thread.join()
+
+    def chat(self, image: Image.Image | Sequence[Image.Image], question: str,
+             history: Sequence[dict[str, str]] = (), max_new_tokens: int = 64, **generate_kwargs: Any) -> str:
+        """One answer to `question` about `image`, after the earlier `history` turns (user/assistant dicts)."""
+        return "".join(self.stream(image, question, max_new_tokens, history, **generate_kwargs)).strip()
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path, eval_results: dict[str, Any] | None = None,
@@ -120,19 +164,55 @@ class MolminiModel(nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu") -> "MolminiModel":
-        folder = resolve_checkpoint(name_or_path, required=[CONFIG_FILE, WEIGHTS_FILE])
-        saved = json.loads((folder / CONFIG_FILE).read_text())
-        config = from_dict(ModelConfig, saved["model"])
+    def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu",
+                        dtype: str | torch.dtype | None = None) -> "MolminiModel":
+        """Load a checkpoint folder or hub id (safetensors only, nothing is unpickled). `device="auto"` takes
+        the GPU when there is one; `dtype="bfloat16"` halves the memory for inference on a GPU."""
+        folder = resolve_checkpoint(name_or_path, required=REQUIRED_FILES)
+        try:
+            saved = json.loads((folder / CONFIG_FILE).read_text())
+            config = from_dict(ModelConfig, saved["model"])
+            lm_config = saved["lm_config"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{folder / CONFIG_FILE} is not a molmini model config ({e!r}); it must hold the "
+                             "'model' and 'lm_config' that model.save_pretrained writes") from e
         processor = MolminiProcessor.from_pretrained(folder)
         model = cls(config, processor.tokenizer, max_length=saved.get("max_length", 256), load_pretrained=False,
-                    saved_lm_config=saved["lm_config"])
+                    saved_lm_config=lm_config)
         try:
             missing, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=False)
-        except RuntimeError as e:  # shape mismatches
+        except (RuntimeError, OSError) as e:  # shape mismatches, a truncated or foreign file
             raise ValueError(f"{folder / WEIGHTS_FILE} does not match {folder / CONFIG_FILE}: {e}") from e
         if missing or unexpected:
             raise ValueError(f"{folder / WEIGHTS_FILE} does not match {folder / CONFIG_FILE}: missing "
                              f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
         model.processor = processor
-        return model.to(device).eval()
+        model.source_folder = folder
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        return model.to(device=device, dtype=dtype).eval()
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,
+                    commit_message: str = "Upload molmini checkpoint") -> str:
+        """Save this model (with the model card of the folder it was loaded from, if any) and upload it to
+        the hub as `repo_id`; returns the commit URL."""
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.save_pretrained(Path(tmp) / "checkpoint")
+            card = getattr(self, "source_folder", None)
+            if card is not None and (card / "README.md").is_file():
+                shutil.copy(card / "README.md", folder / "README.md")
+            return push_folder(folder, repo_id, private=private, token=token, commit_message=commit_message)
+
+
+def annotation_mask(segment_ids: torch.Tensor, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive [B, 1, L, L] attention mask of Molmo's multi-annotation sequences: causal, and a token
+    sees the shared prefix (segment 0) and its own segment only. Padding rows see themselves (no empty rows)."""
+    length = segment_ids.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()
+    visible = (segment_ids[:, :, None] == segment_ids[:, None, :]) | (segment_ids[:, None, :] == 0)
+    allowed = causal & visible & attention_mask[:, None, :].bool()
+    allowed |= torch.eye(length, dtype=torch.bool, device=segment_ids.device)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)

@@ -1,16 +1,24 @@
-"""The processor: images to uint8 tensors, conversations to token ids with image placeholders and labels.
+"""The processor: images to uint8 crops and pooling windows, conversations to token ids with image
+placeholders and labels.
 
-Sequence layout of one conversation (image in the first user turn)::
+One image becomes, in the first user turn (or where its `<image>` marker stands)::
 
-    <|user|> <im_start> (<im_patch> x g  <im_col>) x g <im_end> question <|end|> <|assistant|> answer <|end|> ...
+    <im_start> (<im_patch> x cols  <im_col>) x rows <im_end>        the global view
+    <im_start> (<im_patch> x cols' <im_col>) x rows' <im_end>       the kept patches of the crop grid (max_crops > 0)
 
-Labels are -100 everywhere except the answer tokens and the `<|end|>` closing each answer, so the loss
-is taken on assistant text only and the model learns to stop.
+where rows x cols is the view's pooled patch grid; every `<im_patch>` is replaced by one connector output
+in the model. Turns are laid out with the LM's chat template (molmini/chat_format.py). Labels are -100
+everywhere except the answer tokens and the template's end of the assistant turn, so the loss is taken on
+assistant text only and the model learns to stop.
+
+Multi-annotation: all question/answer pairs of a record go into one sequence, as turns of one conversation
+(`turns`) or, with Molmo's masking (`masked`), each pair attending only to the image prefix and to itself,
+its positions starting right after the image as they would in a one-question prompt.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,19 +26,32 @@ import torch
 from PIL import Image
 
 from . import tokenizer as T
+from .chat_format import ChatFormat
+from .crops import pool_windows, pooled_shape, tile_image
 from .data import IMAGE_MARKER, Record, RecordError
 
 IGNORE_INDEX = -100
 PROCESSOR_CONFIG = "processor_config.json"
+MULTI_ANNOTATION = ("turns", "masked")
 
 
 @dataclass
 class ProcessorConfig:
     image_size: int
-    pooled_grid: int
+    patch_size: int
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
+    pool: int = 2  # the connector's window side: 2 for 2x2 pooling, 1 for one token per patch
+    max_crops: int = 0
+    overlap_margin: int | None = None
     max_length: int = 256
+    multi_annotation: str = "turns"
+
+    def __post_init__(self):
+        if self.multi_annotation not in MULTI_ANNOTATION:
+            raise ValueError(f"multi_annotation {self.multi_annotation!r} is unknown; choose one of {MULTI_ANNOTATION}")
+        if self.overlap_margin is None:
+            self.overlap_margin = round(self.image_size // self.patch_size / 6)
 
 
 class MolminiProcessor:
@@ -38,66 +59,139 @@ class MolminiProcessor:
         self.tokenizer = tokenizer
         self.config = config
         self.ids = T.special_token_ids(tokenizer)
-        g = config.pooled_grid
-        self.image_token_ids = ([self.ids[T.IMAGE_START]]
-                                + ([self.ids[T.IMAGE_PATCH]] * g + [self.ids[T.IMAGE_ROW_END]]) * g
-                                + [self.ids[T.IMAGE_END]])
+        self.chat = ChatFormat.from_tokenizer(tokenizer)
+        self.stop_token_id = self.chat.stop_token_id(tokenizer)
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.ids[T.PAD]
+        self._piece_ids = {}
+        self.fill = tuple(round(255 * m) for m in config.image_mean)  # padding normalises to ~0
 
     # ---- images -------------------------------------------------------------------------------------
-    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
-        """RGB uint8 [3, S, S]; normalisation happens in the model, on the accelerator."""
-        s = self.config.image_size
-        image = image.convert("RGB")
-        if image.size != (s, s):
-            image = image.resize((s, s), Image.BICUBIC)
-        return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(s, s, 3).permute(2, 0, 1)
+    def process_image(self, image: Image.Image) -> dict[str, Any]:
+        """Crops (uint8), padding per patch, pooling windows (indices into this image's patch features)
+        and the layout token ids of one image."""
+        c = self.config
+        tiled = tile_image(image, c.image_size, c.patch_size, c.max_crops, c.overlap_margin, self.fill)
+        tokens: list[int] = []
+        for view in tiled.views:
+            rows, cols = pooled_shape(view, c.pool)
+            tokens += ([self.ids[T.IMAGE_START]] + ([self.ids[T.IMAGE_PATCH]] * cols + [self.ids[T.IMAGE_ROW_END]]) * rows
+                       + [self.ids[T.IMAGE_END]])
+        windows = torch.cat([pool_windows(v, c.pool) for v in tiled.views])
+        return {"pixel_values": tiled.crops, "pad_fraction": tiled.pad_fraction, "pool_index": windows,
+                "image_tokens": tokens}
+
+    def num_image_tokens(self, image: Image.Image) -> int:
+        return len(self.process_image(image)["image_tokens"])
 
     # ---- text ---------------------------------------------------------------------------------------
     def _text(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
-    def _user_turn(self, content: str, with_image: bool) -> list[int]:
-        ids = [self.ids[T.USER]]
-        if with_image:
-            before, _, after = content.partition(IMAGE_MARKER) if IMAGE_MARKER in content else ("", "", content)
-            ids += self._text(before.strip()) + self.image_token_ids + self._text(after.strip())
-        else:
-            ids += self._text(content.replace(IMAGE_MARKER, "").strip())
-        return ids + [self.ids[T.END], self.ids[T.ASSISTANT]]
+    def _piece(self, text: str) -> list[int]:
+        if text not in self._piece_ids:
+            self._piece_ids[text] = self._text(text)
+        return self._piece_ids[text]
 
-    def encode_conversation(self, messages: Sequence[dict[str, str]]) -> tuple[list[int], list[int]]:
-        """Token ids and labels of a whole conversation; turns that would pass max_length are dropped."""
-        input_ids: list[int] = []
-        labels: list[int] = []
-        for i in range(0, len(messages) - 1, 2):
-            user = self._user_turn(messages[i]["content"], with_image=(i == 0))
-            answer = self._text(messages[i + 1]["content"]) + [self.ids[T.END]]
+    def _user_content(self, content: str, images: list[dict[str, Any]]) -> list[int]:
+        """A user content's ids with the image tokens at each `<image>` marker (or first, without one)."""
+        if not images:
+            return self._text(content.replace(IMAGE_MARKER, "").strip())
+        parts = content.split(IMAGE_MARKER)
+        if len(parts) == 1:
+            parts = ["", content]
+        if len(parts) - 1 != len(images):
+            raise RecordError(f"the conversation has {len(parts) - 1} {IMAGE_MARKER} markers but {len(images)} "
+                              "images; put one marker per image in the first user turn")
+        ids = self._text(parts[0].strip())
+        for image, text in zip(images, parts[1:]):
+            ids += image["image_tokens"] + self._text(text.strip())
+        return ids
+
+    def encode_conversation(self, messages: Sequence[dict[str, str]], images: Sequence[dict[str, Any]] = ()
+                            ) -> dict[str, list[int]]:
+        """Token ids and labels (and, for masked multi-annotation, segment and position ids) of a
+        conversation whose first user turn holds the images; pairs that would pass max_length are dropped."""
+        chat, masked = self.chat, self.config.multi_annotation == "masked"
+        input_ids, labels, segments, positions = [], [], [], []
+        first_user = self._piece(chat.first_user_prefix)
+        if masked and images:
+            # the shared prefix: the role header and the image(s), before the first question
+            content = messages[0]["content"]
+            head = content.rpartition(IMAGE_MARKER)[0] + IMAGE_MARKER if IMAGE_MARKER in content else IMAGE_MARKER
+            prefix = first_user + self._user_content(head, list(images))
+            input_ids += prefix
+            labels += [IGNORE_INDEX] * len(prefix)
+            segments += [0] * len(prefix)
+            positions += list(range(len(prefix)))
+        for k in range(0, len(messages) - 1, 2):
+            content = messages[k]["content"]
+            if masked and images:
+                tail = content.rpartition(IMAGE_MARKER)[2] if k == 0 else content.replace(IMAGE_MARKER, "")
+                user = self._text(tail.strip())
+            else:
+                user = (first_user if k == 0 else self._piece(chat.user_prefix)) + \
+                    self._user_content(content, list(images) if k == 0 else [])
+            user += self._piece(chat.assistant_prefix)
+            answer = self._text(messages[k + 1]["content"]) + self._piece(chat.assistant_suffix)
             if len(input_ids) + len(user) + len(answer) > self.config.max_length:
-                if i == 0:
-                    raise RecordError(f"the first exchange alone is {len(user) + len(answer)} tokens, over "
-                                     f"max_length={self.config.max_length}; raise data.max_length")
+                if k == 0:
+                    raise RecordError(f"the first exchange alone is {len(input_ids) + len(user) + len(answer)} "
+                                      f"tokens, over max_length={self.config.max_length}; raise data.max_length "
+                                      "(or lower model.image.max_crops)")
                 break
+            if masked and images:
+                start = segments.count(0)
+                positions += list(range(start, start + len(user) + len(answer)))
+                segments += [k // 2 + 1] * (len(user) + len(answer))
             input_ids += user + answer
             labels += [IGNORE_INDEX] * len(user) + answer
-        return input_ids, labels
+        out = {"input_ids": input_ids, "labels": labels}
+        if masked and images:
+            out.update(segment_ids=segments, position_ids=positions)
+        return out
 
-    def encode_prompt(self, question: str) -> list[int]:
-        """Ids of a one-question prompt, ending where the assistant's answer starts."""
-        return self._user_turn(question, with_image=True)
+    def encode_prompt(self, question: str, images: Sequence[dict[str, Any]] = (),
+                      history: Sequence[dict[str, str]] = ()) -> list[int]:
+        """Ids of a prompt (earlier turns, then the question), ending where the assistant's answer starts."""
+        chat = self.chat
+        ids: list[int] = []
+        turns = list(history) + [{"role": "user", "content": question}]
+        for k in range(0, len(turns), 2):
+            ids += (self._piece(chat.first_user_prefix) if k == 0 else self._piece(chat.user_prefix))
+            ids += self._user_content(turns[k]["content"], list(images) if k == 0 else [])
+            ids += self._piece(chat.assistant_prefix)
+            if k + 1 < len(turns):
+                ids += self._text(turns[k + 1]["content"]) + self._piece(chat.assistant_suffix)
+        return ids
 
     # ---- records and batches ------------------------------------------------------------------------
     def process_record(self, record: Record, messages: Sequence[dict[str, str]] | None = None) -> dict[str, Any]:
-        input_ids, labels = self.encode_conversation(messages if messages is not None else record.messages)
-        return {"input_ids": input_ids, "labels": labels, "pixel_values": self.preprocess_image(record.load_image()),
-                "key": record.key}
+        image = self.process_image(record.load_image())
+        sample = self.encode_conversation(messages if messages is not None else record.messages, [image])
+        sample.update(pixel_values=image["pixel_values"], pad_fraction=image["pad_fraction"],
+                      pool_index=image["pool_index"], key=record.key)
+        return sample
+
+    def process_prompt(self, images: Image.Image | Sequence[Image.Image], prompt: str,
+                       history: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
+        """One prompt about one image (or several, one `<image>` marker each) for generation."""
+        images = [images] if isinstance(images, Image.Image) else list(images)
+        processed = [self.process_image(im) for im in images]
+        return {"input_ids": self.encode_prompt(prompt, processed, history), **_stack_images(processed)}
 
     def collate(self, samples: Sequence[dict[str, Any]], padding_side: str = "right") -> dict[str, Any]:
-        """Pad to the longest sequence: right for training, left for generation."""
-        pad = self.ids[T.PAD]
+        """Pad to the longest sequence (right for training, left for generation) and join the images of all
+        samples, shifting each sample's pooling windows to its crops' place in the batch."""
         longest = max(len(s["input_ids"]) for s in samples)
-        ids = torch.full((len(samples), longest), pad, dtype=torch.long)
-        mask = torch.zeros((len(samples), longest), dtype=torch.long)
-        labels = torch.full((len(samples), longest), IGNORE_INDEX, dtype=torch.long)
+        b = len(samples)
+        ids = torch.full((b, longest), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((b, longest), dtype=torch.long)
+        labels = torch.full((b, longest), IGNORE_INDEX, dtype=torch.long)
+        masked = any("segment_ids" in s for s in samples)
+        segments = torch.full((b, longest), -1, dtype=torch.long)
+        positions = torch.zeros((b, longest), dtype=torch.long)
+        windows, offset = [], 0
+        patches = (self.config.image_size // self.config.patch_size) ** 2
         for row, s in enumerate(samples):
             n = len(s["input_ids"])
             span = slice(0, n) if padding_side == "right" else slice(longest - n, longest)
@@ -105,18 +199,29 @@ class MolminiProcessor:
             mask[row, span] = 1
             if "labels" in s:
                 labels[row, span] = torch.tensor(s["labels"])
-        batch = {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.stack([s["pixel_values"] for s in samples])}
+            if masked:
+                segments[row, span] = torch.tensor(s.get("segment_ids", [1] * n))
+                positions[row, span] = torch.tensor(s.get("position_ids", range(n)))
+            w = s["pool_index"]
+            windows.append(torch.where(w >= 0, w + offset, w))
+            offset += s["pixel_values"].shape[0] * patches
+        batch = {"input_ids": ids, "attention_mask": mask,
+                 "pixel_values": torch.cat([s["pixel_values"] for s in samples]),
+                 "pad_fraction": torch.cat([s["pad_fraction"] for s in samples]),
+                 "pool_index": torch.cat(windows)}
         if any("labels" in s for s in samples):
             batch["labels"] = labels
+        if masked:
+            batch.update(segment_ids=segments, position_ids=positions)
         batch["keys"] = [s.get("key", "") for s in samples]
         return batch
 
-    def prompt_batch(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> dict[str, Any]:
+    def prompt_batch(self, images: Sequence[Image.Image | Sequence[Image.Image]], prompts: Sequence[str]
+                     ) -> dict[str, Any]:
         if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; pass one image per prompt")
-        samples = [{"input_ids": self.encode_prompt(p), "pixel_values": self.preprocess_image(im)}
-                   for im, p in zip(images, prompts)]
-        return self.collate(samples, padding_side="left")
+            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; pass one image (or one list "
+                             "of images) per prompt")
+        return self.collate([self.process_prompt(im, p) for im, p in zip(images, prompts)], padding_side="left")
 
     # ---- saving -------------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path) -> None:
@@ -132,5 +237,22 @@ class MolminiProcessor:
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: {folder} is not a molmini checkpoint folder "
                                     "(save one with model.save_pretrained)")
-        cfg = json.loads(path.read_text())
-        return cls(T.load_tokenizer(str(folder)), ProcessorConfig(**cfg))
+        try:
+            saved = json.loads(path.read_text())
+            known = {f.name for f in fields(ProcessorConfig)}
+            config = ProcessorConfig(**{k: v for k, v in saved.items() if k in known})
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path} is not a valid processor config ({e}); re-save the checkpoint with "
+                             "model.save_pretrained") from e
+        return cls(T.load_tokenizer(str(folder)), config)
+
+
+def _stack_images(processed: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Join several images of one sample: crops concatenated, windows shifted to their crops."""
+    patches = processed[0]["pad_fraction"].shape[1]
+    windows, offset = [], 0
+    for p in processed:
+        windows.append(torch.where(p["pool_index"] >= 0, p["pool_index"] + offset, p["pool_index"]))
+        offset += p["pixel_values"].shape[0] * patches
+    return {"pixel_values": torch.cat([p["pixel_values"] for p in processed]),
+            "pad_fraction": torch.cat([p["pad_fraction"] for p in processed]), "pool_index": torch.cat(windows)}

@@ -26,12 +26,17 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrai
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=END)
+    from .chat_format import MOLMINI_CHAT_TEMPLATE
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=END)
+    fast.chat_template = MOLMINI_CHAT_TEMPLATE  # saved with the tokenizer; see molmini/chat_format.py
+    return fast
 
 
 def add_special_tokens(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
-    """Add molmini's tokens to a pretrained LM's tokenizer (the LM's embeddings must then be resized)."""
-    tokenizer.add_special_tokens({"additional_special_tokens": [t for t in SPECIAL_TOKENS if t != PAD]},
+    """Add molmini's tokens to a pretrained LM's tokenizer (the LM's embeddings must then be resized). Its
+    own chat template and pad token stay: turns are laid out in the LM's format (molmini/chat_format.py)."""
+    tokenizer.add_special_tokens({"additional_special_tokens": [t for t in SPECIAL_TOKENS
+                                                                if t not in tokenizer.get_vocab()]},
                                  replace_extra_special_tokens=False)
     if tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": PAD})

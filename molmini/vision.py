@@ -27,22 +27,42 @@ class VisionTower(nn.Module):
     def __init__(self, cfg: VisionConfig, load_pretrained: bool = True):
         super().__init__()
         pretrained = cfg.pretrained if (load_pretrained and cfg.pretrained) else None
-        clip = open_clip.create_model(cfg.model_name, pretrained=pretrained, vision_cfg=_vision_cfg(cfg))
+        extra = {}
+        if pretrained is None:
+            # The text tower is thrown away: without weights to load, build it as small as it goes.
+            text_cfg = open_clip.get_model_config(cfg.model_name)["text_cfg"]
+            extra["text_cfg"] = {**text_cfg, "width": 32, "heads": 1, "layers": 1, "vocab_size": 16,
+                                 "context_length": 4, "mlp_ratio": 1}
+        clip = open_clip.create_model(cfg.model_name, pretrained=pretrained, vision_cfg=_vision_cfg(cfg), **extra)
         self.visual = clip.visual
         self.image_mean = tuple(clip.visual.preprocess_cfg["mean"])
         self.image_std = tuple(clip.visual.preprocess_cfg["std"])
         del clip  # the text tower is not used
         size = self.visual.image_size
-        patch = self.visual.patch_size
         self.image_size = size[0] if isinstance(size, (tuple, list)) else size
+        # open_clip's own ViTs keep their blocks in transformer.resblocks; timm-backed towers (SigLIP, ...)
+        # wrap a timm ViT as `trunk`. Both give patch features through forward_intermediates.
+        trunk = getattr(self.visual, "trunk", None)
+        self.is_timm = trunk is not None
+        if self.is_timm:
+            if not hasattr(trunk, "blocks") or not hasattr(trunk, "forward_intermediates"):
+                raise ValueError(f"vision tower {cfg.model_name!r} wraps timm model {type(trunk).__name__}, "
+                                 "which is not a ViT with patch tokens; choose a ViT tower")
+            patch, n_blocks, width = trunk.patch_embed.patch_size, len(trunk.blocks), trunk.embed_dim
+        else:
+            patch, n_blocks = self.visual.patch_size, len(self.visual.transformer.resblocks)
+            width = self.visual.transformer.width
         self.patch_size = patch[0] if isinstance(patch, (tuple, list)) else patch
         self.grid = self.image_size // self.patch_size
-        n_blocks = len(self.visual.transformer.resblocks)
         self.layers = sorted({l % n_blocks for l in cfg.feature_layers})
-        self.output_dim = self.visual.transformer.width * len(self.layers)
+        self.output_dim = width * len(self.layers)
         # Blocks after the last feature layer, the final norm and the pooling head are never used: drop
         # them, so they neither cost memory nor leave parameters without gradients under DDP.
-        self.visual.prune_intermediate_layers(self.layers, prune_norm=True, prune_head=True)
+        if self.is_timm:
+            trunk.prune_intermediate_layers(self.layers, prune_norm=True, prune_head=True)
+            self.visual.head = nn.Identity()
+        else:
+            self.visual.prune_intermediate_layers(self.layers, prune_norm=True, prune_head=True)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.visual.forward_intermediates(pixel_values, indices=self.layers, stop_early=True,

@@ -20,7 +20,8 @@ def batch_of(model, records):
 def test_labels_cover_exactly_the_assistant_answers(tiny_model):
     proc = tiny_model.processor
     rec = make_records(1)[0]
-    ids, labels = proc.encode_conversation(rec.messages)
+    enc = proc.encode_conversation(rec.messages)
+    ids, labels = enc["input_ids"], enc["labels"]
     assert len(ids) == len(labels)
     labelled = [t for t, l in zip(ids, labels) if l != IGNORE_INDEX]
     expected = []
@@ -50,15 +51,17 @@ def test_loss_is_mean_over_answer_tokens_only(tiny_model):
 
 def test_image_features_land_exactly_on_placeholders(tiny_model):
     batch = batch_of(tiny_model, make_records(2))
-    embeds = tiny_model.embed(batch["input_ids"], batch["pixel_values"])
-    feats = tiny_model.image_features(batch["pixel_values"])
+    images = (batch["pixel_values"], batch["pad_fraction"], batch["pool_index"])
+    embeds = tiny_model.embed(batch["input_ids"], *images)
+    feats = tiny_model.image_features(*images)
     placeholder = batch["input_ids"] == tiny_model.token_ids[T.IMAGE_PATCH]
-    assert placeholder.sum(1).tolist() == [feats.shape[1]] * 2
-    torch.testing.assert_close(embeds[placeholder], feats.reshape(-1, feats.shape[-1]))
+    assert placeholder.sum(1).tolist() == [feats.shape[0] // 2] * 2
+    torch.testing.assert_close(embeds[placeholder], feats)
     text = tiny_model.lm.get_input_embeddings()(batch["input_ids"])
     torch.testing.assert_close(embeds[~placeholder], text[~placeholder])
     # image features differ per image and are not the placeholder embedding itself
-    assert not torch.allclose(feats[0], feats[1])
+    half = feats.shape[0] // 2
+    assert not torch.allclose(feats[:half], feats[half:])
 
 
 def test_wrong_number_of_placeholders_is_an_error(tiny_model):
@@ -66,7 +69,7 @@ def test_wrong_number_of_placeholders_is_an_error(tiny_model):
     ids = batch["input_ids"].clone()
     ids[ids == tiny_model.token_ids[T.IMAGE_PATCH]] = tiny_model.token_ids[T.PAD]
     with pytest.raises(ValueError, match="placeholder"):
-        tiny_model(ids, batch["attention_mask"], batch["pixel_values"])
+        tiny_model(ids, batch["attention_mask"], batch["pixel_values"], batch["pad_fraction"], batch["pool_index"])
 
 
 def test_save_then_load_gives_identical_logits(tiny_model, tmp_path):
@@ -115,10 +118,11 @@ def test_batched_greedy_generation_equals_one_at_a_time(tiny_model):
 def test_generation_uses_the_kv_cache_and_matches_full_recomputation(tiny_model):
     model = _trained(tiny_model, steps=20)
     batch = model.processor.prompt_batch([make_records(1)[0].load_image()], ["What colour are the bars?"])
-    new = model.generate_ids(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], max_new_tokens=4,
+    images = (batch["pixel_values"], batch["pad_fraction"], batch["pool_index"])
+    new = model.generate_ids(batch["input_ids"], batch["attention_mask"], *images, max_new_tokens=4,
                              min_new_tokens=4)
     # recompute greedily without a cache: feed the whole prefix every step
-    embeds = model.embed(batch["input_ids"], batch["pixel_values"])
+    embeds = model.embed(batch["input_ids"], *images)
     mask = batch["attention_mask"]
     tokens = []
     with torch.no_grad():
