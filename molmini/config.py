@@ -232,6 +232,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
     for ov in overrides or []:
         apply_override(data, ov)
+    name = (data.get("model") or {}).get("preset")
+    if name:
+        from .presets import preset
+        try:
+            data["model"] = _merge(preset(name), data["model"])
+        except KeyError as e:
+            raise ConfigError(str(e.args[0])) from None
     cfg = from_dict(Config, data)
     # Sections given only partly keep the defaults of the missing keys, including nested dict defaults
     # such as lm.config: a file that sets lm.config.hidden_size keeps the default model_type.
