@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -181,7 +182,7 @@ class MolminiModel(nn.Module):
                     saved_lm_config=lm_config)
         try:
             missing, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=False)
-        except (RuntimeError, OSError) as e:  # shape mismatches, a truncated or foreign file
+        except (RuntimeError, OSError, SafetensorError) as e:  # shape mismatches, a truncated or foreign file
             raise ValueError(f"{folder / WEIGHTS_FILE} does not match {folder / CONFIG_FILE}: {e}") from e
         if missing or unexpected:
             raise ValueError(f"{folder / WEIGHTS_FILE} does not match {folder / CONFIG_FILE}: missing "

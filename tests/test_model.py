@@ -134,3 +134,58 @@ def test_generation_uses_the_kv_cache_and_matches_full_recomputation(tiny_model)
             embeds = torch.cat([embeds, model.lm.get_input_embeddings()(nxt)[:, None]], 1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
     assert new[0].tolist() == tokens
+
+
+def test_beam_search_sampling_streaming_and_chat(tiny_model):
+    model = _trained(tiny_model, steps=30)
+    image = make_records(1)[0].load_image()
+    greedy = model.generate([image], ["What colour are the bars?"], max_new_tokens=5)[0]
+    assert model.generate([image], ["What colour are the bars?"], max_new_tokens=5, num_beams=3)[0] in \
+        ("red", "blue", "green")
+    torch.manual_seed(5)
+    a = model.generate([image] * 4, ["What colour are the bars?"] * 4, max_new_tokens=5, do_sample=True,
+                       temperature=1.5)
+    torch.manual_seed(5)
+    b = model.generate([image] * 4, ["What colour are the bars?"] * 4, max_new_tokens=5, do_sample=True,
+                       temperature=1.5)
+    assert a == b  # seeded sampling is reproducible
+    pieces = list(model.stream(image, "What colour are the bars?", max_new_tokens=5))
+    assert "".join(pieces).strip() == greedy
+    assert model.chat(image, "What colour are the bars?", max_new_tokens=5) == greedy
+    history = [{"role": "user", "content": "How many bars are there?"}, {"role": "assistant", "content": "3"}]
+    prompt = model.processor.encode_prompt("What colour are the bars?", [model.processor.process_image(image)], history)
+    text = model.processor.tokenizer.decode(prompt)
+    assert text.index("How many bars") < text.index("3<|end|>") < text.index("What colour")
+    assert isinstance(model.chat(image, "What colour are the bars?", history=history, max_new_tokens=5), str)
+
+
+def test_load_in_bfloat16_on_a_chosen_device(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    model = MolminiModel.from_pretrained(tmp_path / "ckpt", device="auto", dtype="bfloat16")
+    assert model.lm.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    answers = model.generate([make_records(1)[0].load_image()], ["What colour are the bars?"], max_new_tokens=3)
+    assert len(answers) == 1
+
+
+def test_mismatched_or_broken_checkpoint_files_are_named(tiny_model, tmp_path, tokenizer):
+    from conftest import tiny_config
+    folder = tiny_model.save_pretrained(tmp_path / "ckpt")
+    for name in ("processor_config.json", "tokenizer_config.json", "config.json"):
+        other = tiny_model.save_pretrained(tmp_path / f"missing-{name}")
+        (other / name).unlink()
+        with pytest.raises(FileNotFoundError, match=name):
+            MolminiModel.from_pretrained(other)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json"):
+        MolminiModel.from_pretrained(folder)
+    # weights of a differently shaped model: the error names both files
+    bigger = MolminiModel(tiny_config("model.connector.mlp_hidden=96").model, tokenizer)
+    bigger.save_pretrained(tmp_path / "bigger")
+    good = tiny_model.save_pretrained(tmp_path / "good")
+    (good / "model.safetensors").write_bytes((tmp_path / "bigger" / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="model.safetensors does not match .*config.json"):
+        MolminiModel.from_pretrained(good)
+    (good / "model.safetensors").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="model.safetensors"):
+        MolminiModel.from_pretrained(good)
