@@ -16,7 +16,8 @@ def resolve_checkpoint(name_or_path: str | Path, required: list[str]) -> Path:
             raise FileNotFoundError(f"checkpoint {str(name_or_path)!r} is neither a folder nor a hub id "
                                     "(owner/name); pass the checkpoint folder a training run wrote")
         from huggingface_hub import snapshot_download
-        path = Path(snapshot_download(str(name_or_path), endpoint=os.environ.get("HF_ENDPOINT") or None))
+        path = Path(snapshot_download(str(name_or_path), endpoint=os.environ.get("HF_ENDPOINT") or None,
+                                      cache_dir=os.environ.get("HF_HUB_CACHE") or None))
     for name in required:
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path / name} is missing: {path} is not a complete molmini checkpoint")
