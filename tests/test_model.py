@@ -189,3 +189,25 @@ def test_mismatched_or_broken_checkpoint_files_are_named(tiny_model, tmp_path, t
     (good / "model.safetensors").write_bytes(b"truncated")
     with pytest.raises(ValueError, match="model.safetensors"):
         MolminiModel.from_pretrained(good)
+
+
+def test_generate_command_line_answers_from_a_checkpoint(tiny_model, tmp_path):
+    import json
+    model = _trained(tiny_model, steps=30)
+    folder = model.save_pretrained(tmp_path / "ckpt")
+    paths = []
+    for i, r in enumerate(make_records(2, seed=5)):
+        paths.append(tmp_path / f"chart{i}.png")
+        paths[-1].write_bytes(r.image)
+    expected = model.generate([r.load_image() for r in make_records(2, seed=5)], ["What colour are the bars?"] * 2,
+                              max_new_tokens=5)
+    cmd = [sys.executable, "-m", "molmini.cli", "generate", "--model", str(folder), "--image", *map(str, paths),
+           "--prompt", "What colour are the bars?", "--max-new-tokens", "5", "--json", "--device", "cpu"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["answer"] for r in rows] == expected
+    assert rows[0]["image"] == str(paths[0])
+    bad = subprocess.run(cmd[:7] + [str(tmp_path / "missing.png")] + cmd[9:], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and "missing.png" in bad.stderr
