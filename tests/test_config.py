@@ -62,3 +62,15 @@ def test_train_py_names_an_empty_data_folder(tmp_path):
     assert res.returncode == 2
     assert "has no .tar shards" in res.stderr and str(tmp_path / "empty") in res.stderr
     assert "python -m data_pipelines synth charts" in res.stderr
+
+
+def test_every_shipped_config_loads():
+    from conftest import ROOT
+    configs = sorted((ROOT / "configs").rglob("*.yaml"))
+    configs = [c for c in configs if "accelerate" not in c.parts]  # accelerate's own format
+    assert len(configs) >= 2
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.train.max_steps > 0, path
+    preset = load_config(ROOT / "configs" / "siglip-b16-smollm2-135m.yaml")
+    assert preset.model.vision.model_name == "ViT-B-16-SigLIP" and preset.model.image.max_crops == 6
