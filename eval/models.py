@@ -142,10 +142,11 @@ class HFVisionLanguageAdapter(ModelAdapter):
         self.cache_key = f"hf:{fingerprint(name_or_path)}"
 
     def format_prompt(self, prompt: str) -> str:
-        """The model's chat template around one user turn; PaliGemma-style processors without one take
-        the bare prompt and insert the image tokens themselves."""
+        """The model's chat template around one user turn, image first. A processor without one
+        (PaliGemma: its processor adds the <bos> after the image and the "\n" that ends the prefix) gets the
+        bare prompt after its image token."""
         if not getattr(self.processor, "chat_template", None):
-            return prompt
+            return getattr(self.processor, "image_token", "") + prompt
         turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
         return self.processor.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
 
@@ -155,8 +156,11 @@ class HFVisionLanguageAdapter(ModelAdapter):
         answers: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
             texts = [self.format_prompt(p) for p in prompts[start:start + self.batch_size]]
-            inputs = self.processor(images=list(images[start:start + self.batch_size]), text=texts,
+            # one list of images per prompt: processors that split a flat list by counting image tokens
+            # (Idefics3) and those that require the nesting (SmolVLM) both read it
+            inputs = self.processor(images=[[image] for image in images[start:start + self.batch_size]], text=texts,
                                     return_tensors="pt", padding=True).to(self.device)
+            inputs.pop("labels", None)  # PaliGemma's processor makes training labels; generation takes none
             with torch.no_grad():
                 output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
             new_tokens = output[:, inputs["input_ids"].shape[1]:]

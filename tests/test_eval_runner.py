@@ -10,39 +10,11 @@ import torch
 from PIL import Image
 
 from conftest import tiny_config
+from hf_tiny_vlms import save_tiny_llava
 
 from eval.__main__ import main
 from eval.models import MolminiAdapter, build_adapter
 from eval.report import pareto_front, published_rows, PUBLISHED_SCORES
-
-
-def save_tiny_llava(folder, tokenizer) -> None:
-    """A random LlavaForConditionalGeneration (tiny CLIP tower + tiny Llama) and its LlavaProcessor."""
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
-
-    from tokenizers import Tokenizer
-
-    # a copy: the session's molmini tokenizer must not gain the "<image>" token
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer.backend_tokenizer.to_str()),
-                                  pad_token="<pad>", eos_token="<|end|>")
-    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}"
-                         "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}\n"
-                         "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=32, patch_size=8, projection_dim=32)
-    text = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                       num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=256,
-                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
-                         vision_feature_select_strategy="default", vision_feature_layer=-1)
-    torch.manual_seed(0)
-    LlavaForConditionalGeneration(config).save_pretrained(folder)
-    # LLaVA-1.5 style: the CLS feature is dropped ("default"), so 16 image tokens per 32 px image
-    LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-                   tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
-                   num_additional_image_tokens=1, chat_template=tok.chat_template).save_pretrained(folder)
 
 
 @pytest.fixture(scope="module")
