@@ -1,6 +1,6 @@
-"""eval run / report end to end: a tiny molmini and a tiny random LLaVA (loaded through the real
-AutoModelForImageTextToText / AutoProcessor path) on one synthetic benchmark, resumed runs, the cache's
-keys, the report's table and plots."""
+"""eval run / report end to end: a tiny molmini and tiny random LLaVA, Qwen2-VL and Idefics3 (loaded
+through the real AutoModelForImageTextToText / AutoProcessor path) on one synthetic benchmark, resumed
+runs, the cache's keys, the report's table and plots."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import tiny_config
-from hf_tiny_vlms import save_tiny_llava
+from hf_tiny_vlms import save_tiny_llava, save_tiny_vlm
 
 from eval.__main__ import main
 from eval.models import MolminiAdapter, build_adapter
@@ -79,6 +79,24 @@ def test_llava_and_molmini_in_one_run_and_one_report(workspace):
             assert image.format == "PNG"
     rows = json.loads((report / "report.json").read_text())["rows"]
     assert next(r for r in rows if r["name"] == "molmini_run")["training_hours"] == pytest.approx(90 / 3600)
+
+
+def test_one_command_puts_molmini_and_hf_baselines_in_one_table_and_plot(workspace):
+    root = workspace["root"]
+    qwen, idefics = save_tiny_vlm("qwen2_vl", root / "tiny_qwen2_vl"), save_tiny_vlm("idefics3", root / "tiny_idefics3")
+    out, report = root / "hf_results", root / "hf_report"
+    assert main(["run", "--model", str(workspace["molmini"]), "--benchmarks", f"synthetic={workspace['shards']}",
+                 "--baselines", f"hf:{qwen},hf:{idefics}", "--out", str(out), "--limit", "6", "--batch-size", "3"]) == 0
+    assert main(["report", str(out), "--out", str(report), "--no-published"]) == 0
+    table = (report / "report.md").read_text()
+    for row in ("| molmini_run | molmini |", "| tiny_qwen2_vl | baseline |", "| tiny_idefics3 | baseline |"):
+        assert row in table
+    rows = {r["name"]: r for r in json.loads((report / "report.json").read_text())["rows"]}
+    assert set(rows) == {"molmini_run", "tiny_qwen2_vl", "tiny_idefics3"}
+    assert all(r["num_parameters"] > 0 and set(r["scores"]) == {"synthetic"} for r in rows.values())  # all plotted
+    assert len(predictions(out)) == 3 * 6
+    with Image.open(report / "scores_vs_parameters.png") as image:
+        image.verify()
 
 
 def test_resume_answers_only_items_not_yet_cached(workspace, monkeypatch):
