@@ -2,7 +2,7 @@
 
     python -m eval run --model PATH_OR_ID [--model ...] --benchmarks chartqa,synthetic=DIR
                        [--baselines majority,text-only:PATH,llava:PATH] --out DIR [--limit N]
-    python -m eval report RESULTS_DIR [RESULTS_DIR ...] --out DIR
+    python -m eval report RESULTS_DIR [RESULTS_DIR ...] --out DIR [--subsets]
     python -m eval heldout --model CHECKPOINT --test-dir DIR --train-dir DIR [--out DIR]
 
 `run` answers every benchmark item with every model and baseline (greedy, batched, resumable: rerun the
@@ -96,13 +96,15 @@ def add_report_command(commands) -> None:
     p.add_argument("--out", required=True, help="folder for report.json, report.md and the plots")
     p.add_argument("--published", default=None, help="published-scores CSV (default: eval/published_scores.csv)")
     p.add_argument("--no-published", action="store_true", help="leave published numbers out")
+    p.add_argument("--subsets", action="store_true", help="add a table per benchmark with a column per subset "
+                   "(e.g. ChartQA human/augmented, synthetic charts per question type)")
 
 
 def report_command(args) -> int:
     from .report import PUBLISHED_SCORES, write_report
     published = None if args.no_published else (args.published or PUBLISHED_SCORES)
     try:
-        written = write_report(args.results, args.out, published_csv=published)
+        written = write_report(args.results, args.out, published_csv=published, subsets=args.subsets)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

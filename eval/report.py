@@ -3,7 +3,9 @@
     report.json                     every row (model, kind, parameters, training cost, score per benchmark)
                                     and every benchmark's settings
     report.md                       rows = models, baselines and published points; columns = benchmarks;
-                                    then each benchmark's prompt template, max_new_tokens and item count
+                                    then each benchmark's prompt template, max_new_tokens and item count;
+                                    with `subsets`, one more table per benchmark: a column per subset
+                                    (ChartQA human/augmented, synthetic charts per question type)
     scores_vs_parameters.png        one panel per benchmark: score against parameter count (log x),
                                     molmini / baselines / published marked apart, the Pareto front drawn,
                                     parameter-free baselines (majority answer) as horizontal lines
@@ -34,6 +36,7 @@ class ReportRow:
     kind: str                                    # molmini, baseline or published
     num_parameters: int | None                   # None when not published
     scores: dict[str, float] = field(default_factory=dict)   # benchmark -> percent
+    subset_scores: dict[str, dict[str, float]] = field(default_factory=dict)  # benchmark -> subset -> percent
     training_hours: float | None = None          # device-hours (GPU-hours for published points)
     training_device: str = ""
     source: str = ""                             # results folder, or the paper
@@ -56,7 +59,10 @@ def rows_from_results(results_dirs: Sequence[str | Path]) -> tuple[list[ReportRo
                 name=model["name"], kind=model["kind"], num_parameters=model["num_parameters"],
                 training_hours=cost.get("device_hours"), training_device=cost.get("device", ""), source=str(folder)))
             row.scores[benchmark] = 100 * entry["score"]
-            settings[benchmark] = {**entry["settings"], "n": entry["n"], "limit": entry["limit"]}
+            per_subset = entry.get("per_subset", {})
+            row.subset_scores[benchmark] = {name: 100 * s["score"] for name, s in per_subset.items()}
+            settings[benchmark] = {**entry["settings"], "n": entry["n"], "limit": entry["limit"],
+                                   "subset_n": {name: s["n"] for name, s in per_subset.items()}}
     _disambiguate(list(rows.values()))
     return list(rows.values()), settings
 
@@ -112,6 +118,27 @@ def markdown_table(rows: list[ReportRow], benchmarks: list[str], settings: dict[
         lines.append(f"- {b}: {s['n']} items{limit}, metric {s['metric']}, max_new_tokens {s['max_new_tokens']}, "
                      f"prompt template {s['prompt_template']} = {json.dumps(s['prompt'])}")
     return "\n".join(lines) + "\n"
+
+
+def markdown_subset_tables(rows: list[ReportRow], benchmarks: list[str], settings: dict[str, dict[str, Any]]) -> str:
+    """Per benchmark: the models run here against one column per subset (headed with its item count),
+    beside the overall score. Published rows carry no subsets and are left out."""
+    parts = []
+    for b in benchmarks:
+        measured = [r for r in rows if r.subset_scores.get(b)]
+        subsets = sorted({name for r in measured for name in r.subset_scores[b]})
+        if not subsets:
+            continue
+        counts = settings[b].get("subset_n", {})
+        headers = [f"{name} ({counts[name]})" if name in counts else name for name in subsets]
+        lines = [f"### {b} by subset", "", f"| model | kind | parameters | {b} | " + " | ".join(headers) + " |",
+                 "|---|---|---|---|" + "---|" * len(subsets)]
+        for row in measured:
+            cells = [f"{row.subset_scores[b][s]:.1f}" if s in row.subset_scores[b] else "—" for s in subsets]
+            lines.append(f"| {row.name} | {row.kind} | {format_parameters(row.num_parameters)} | "
+                         f"{row.scores[b]:.1f} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -171,8 +198,9 @@ def plot_scores(rows: list[ReportRow], benchmarks: list[str], path: Path, x_of, 
 
 
 def write_report(results_dirs: Sequence[str | Path], out_dir: str | Path,
-                 published_csv: str | Path | None = PUBLISHED_SCORES) -> list[Path]:
-    """report.json, report.md and the plots in `out_dir`; returns the paths written."""
+                 published_csv: str | Path | None = PUBLISHED_SCORES, subsets: bool = False) -> list[Path]:
+    """report.json, report.md (with a per-subset table per benchmark when `subsets`) and the plots in
+    `out_dir`; returns the paths written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, settings = rows_from_results(results_dirs)
@@ -185,7 +213,10 @@ def write_report(results_dirs: Sequence[str | Path], out_dir: str | Path,
     written = [out_dir / "report.json", out_dir / "report.md", out_dir / "scores_vs_parameters.png"]
     written[0].write_text(json.dumps({"benchmarks": benchmarks, "rows": [asdict(r) for r in rows],
                                       "settings": settings}, indent=2))
-    written[1].write_text(markdown_table(rows, benchmarks, settings))
+    markdown = markdown_table(rows, benchmarks, settings)
+    if subsets:
+        markdown += "\n" + markdown_subset_tables(rows, benchmarks, settings)
+    written[1].write_text(markdown)
     plot_scores(rows, benchmarks, written[2], lambda r: r.num_parameters, "parameters (log scale)",
                 "Score against model size", front=True)
     if any(r.training_hours for r in rows if r.kind != "published"):
