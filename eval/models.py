@@ -160,7 +160,6 @@ class HFVisionLanguageAdapter(ModelAdapter):
             # (Idefics3) and those that require the nesting (SmolVLM) both read it
             inputs = self.processor(images=[[image] for image in images[start:start + self.batch_size]], text=texts,
                                     return_tensors="pt", padding=True).to(self.device)
-            inputs.pop("labels", None)  # PaliGemma's processor makes training labels; generation takes none
             with torch.no_grad():
                 output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
             new_tokens = output[:, inputs["input_ids"].shape[1]:]

@@ -75,3 +75,28 @@ def test_prompt_formats(adapters):
         "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Q?<|im_end|>\n<|im_start|>assistant\n")
     assert adapters("idefics3").format_prompt("Q?") == "<|im_start|>User:<image>Q?<end_of_utterance>\nAssistant:"
     assert adapters("paligemma").format_prompt("Q?") == "<image>Q?"
+
+
+class RecordingProcessor:
+    """Forwards to a processor and keeps the `images` argument of every call."""
+    def __init__(self, processor):
+        self.processor, self.images = processor, []
+
+    def __call__(self, images=None, **kwargs):
+        self.images.append(images)
+        return self.processor(images=images, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.processor, name)
+
+
+def test_each_prompt_gets_its_own_image_list(adapters):
+    """SmolVLM's processor reads a flat list of three images as one sample's ("Found [1, 1, 1] <image>
+    tokens and [3] images per sample"); one list per prompt is read right by every family."""
+    adapter = adapters("idefics3")
+    adapter.processor = recorder = RecordingProcessor(adapter.processor)
+    try:
+        adapter.generate(IMAGES, PROMPTS, max_new_tokens=1)
+    finally:
+        adapter.processor = recorder.processor
+    assert recorder.images == [[[image] for image in IMAGES]]
