@@ -170,8 +170,15 @@ def verify_manifest(folder: str | os.PathLike) -> dict[str, Any]:
         digest = file_sha256(path)
         if digest != entry["sha256"]:
             problems.append(f"{entry['name']}: sha256 is {digest}, manifest says {entry['sha256']}")
-        count = count_tar_samples(path)
-        if count != entry["num_samples"]:
+        try:
+            count = count_tar_samples(path)
+        except (tarfile.TarError, OSError, EOFError) as e:  # cut inside a member, or not a tar at all
+            problems.append(f"{entry['name']}: unreadable as a tar ({type(e).__name__}: {e}); regenerate it")
+            continue
+        if count < entry["num_samples"]:
+            problems.append(f"{entry['name']}: holds {count} samples, manifest says {entry['num_samples']} "
+                            "(truncated; regenerate it)")
+        elif count != entry["num_samples"]:
             problems.append(f"{entry['name']}: holds {count} samples, manifest says {entry['num_samples']}")
     total = sum(entry["num_samples"] for entry in manifest.get("shards", []))
     if total != manifest.get("num_samples"):
