@@ -15,7 +15,7 @@ def _run_synth(args: argparse.Namespace) -> int:
     import importlib  # generators are imported here so that --help stays fast
 
     module = importlib.import_module(f"data_pipelines.synth.{args.generator}")
-    options = {name: getattr(args, name) for name in ("variety", "noise") if hasattr(args, name)}
+    options = {name: getattr(args, name) for name in ("variety", "renderer", "noise") if hasattr(args, name)}
     if args.image_px is not None:
         options["image_px"] = args.image_px
     elif getattr(args, "variety", "basic") == "full":
@@ -53,6 +53,9 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
         if name == "charts":
             p.add_argument("--variety", choices=("basic", "full"), default="basic",
                            help="basic: the default run's bar/line/pie mix; full: every chart kind and style")
+            p.add_argument("--renderer", choices=("axes", "direct"), default="axes",
+                           help="basic bar/line charts: axes (matplotlib Axes, as the default run) or direct "
+                                "(figure-level artists, about 2-4x faster, near-identical images)")
         elif name == "tables":
             p.add_argument("--noise", action="store_true", help="scan noise: skew, blur, JPEG artefacts")
         else:

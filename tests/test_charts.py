@@ -212,7 +212,12 @@ def test_direct_renderer_draws_the_bars_where_the_axes_renderer_does():
 
 
 def test_renderer_is_recorded_only_when_not_the_default(tmp_path):
-    manifest = synthesize(tmp_path, 3, seed=0, renderer="direct", progress=False)
+    manifest = synthesize(tmp_path / "one", 12, seed=0, renderer="direct", shard_size=5, progress=False)
     assert manifest["params"] == {"image_px": 128, "renderer": "direct"}
+    # the saved y-axis backgrounds differ between processes' histories; the images must not
+    two = synthesize(tmp_path / "two", 12, seed=0, renderer="direct", shard_size=5, workers=2, progress=False)
+    assert two["shards"] == manifest["shards"]
+    with pytest.raises(ValueError, match="basic bar and line charts only"):
+        synthesize(tmp_path / "bad", 1, seed=0, variety="full", renderer="direct", progress=False)
     with pytest.raises(ValueError, match="renderer"):
         synthesize(tmp_path / "bad", 1, seed=0, renderer="svg", progress=False)

@@ -8,6 +8,7 @@ from molmini.data import find_shards, iter_records
 
 @pytest.mark.parametrize("generator,extra,want", [
     ("charts", ["--variety", "full"], ("synth-charts", {"image_px": 96, "variety": "full"})),
+    ("charts", ["--renderer", "direct"], ("synth-charts", {"image_px": 96, "renderer": "direct"})),
     ("tables", ["--noise"], ("synth-tables", {"image_px": 96, "noise": True})),
     ("documents", ["--no-noise"], ("synth-documents", {"image_px": 96, "noise": False})),
 ])

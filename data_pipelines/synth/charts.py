@@ -267,6 +267,8 @@ def _params(variety: str, renderer: str) -> dict[str, str]:
     if variety not in VARIETIES or renderer not in RENDERERS:
         raise ValueError(f"chart variety {variety!r} / renderer {renderer!r}: use a variety of {VARIETIES} and a "
                          f"renderer of {RENDERERS}")
+    if variety != "basic" and renderer != "axes":
+        raise ValueError(f"the {renderer!r} renderer draws the basic bar and line charts only, not variety {variety!r}")
     return {**({"variety": variety} if variety != "basic" else {}),
             **({"renderer": renderer} if renderer != "axes" else {})}
 
