@@ -108,21 +108,21 @@ def _draw_axes_chart(fig: Figure, data: ChartData) -> None:
     longest = max(map(len, data.categories))
     # Margins in inches: room for tick labels, axis names, the title and an outside legend.
     left, right, top, bottom = 0.55, 0.15, 0.12, 0.3
+    legend = len(data.series) > 1 and data.kind != "scatter"
+    if legend and st["legend"] == "outside":
+        right += 0.35 + _inches(max(map(len, data.series)) + 4, pt)  # + the legend's line or patch
+    left += 0.2 if (data.y_name if not horizontal else data.x_name) else 0
     rotation = 0
     if horizontal:
-        left = 0.2 + _inches(longest, pt)
+        left += _inches(longest, pt) - 0.35
         bottom += 0.1
     elif data.kind != "scatter":
-        room = (FIG_W - 0.9) / n
+        room = (FIG_W - left - right) / n  # per category label
         if _inches(longest + 1, pt) > room:
             rotation = 90 if _inches(longest, pt) * 0.7 > fig_h * 0.35 or room < 2 * pt / 72 else 45
             bottom += _inches(longest, pt) * (1.0 if rotation == 90 else 0.72)
-    left += 0.2 if (data.y_name if not horizontal else data.x_name) else 0
     bottom += 0.2 if (data.x_name if not horizontal else data.y_name) else 0
     top += 0.3 if data.title else 0
-    legend = len(data.series) > 1 and data.kind != "scatter"
-    if legend and st["legend"] == "outside":
-        right += 0.25 + _inches(max(map(len, data.series)), pt)
     width = max(FIG_W - left - right, 1.0)
     height = max(fig_h - top - bottom, 0.8)
     ax = fig.add_axes((left / FIG_W, bottom / fig_h, width / FIG_W, height / fig_h))
@@ -183,9 +183,10 @@ def _draw_axes_chart(fig: Figure, data: ChartData) -> None:
             tops = [sum(col) for col in zip(*data.values)] if data.kind == "stacked_bar" else sum(data.values, [])
             room = 1.05 + (0.1 if labels else 0) + (0.2 if legend and st["legend"] != "outside" else 0)
             (ax.set_xlim if horizontal else ax.set_ylim)(0, max(tops) * room)
-    else:  # room on the right for the point labels
+    else:  # room on the right for the point labels, however long
         low, high = min(data.values[0]), max(data.values[0])
-        ax.set_xlim(low - 0.05 * (high - low), high + 0.22 * (high - low))
+        label_share = min(0.45, (_inches(longest, pt - 1.5) + 0.1) / width)  # of the axes width
+        ax.set_xlim(low - 0.05 * (high - low), high + (high - low) * (0.05 + label_share) / (1 - label_share))
     if st["grid"] != "none":
         (ax.grid if st["grid"] == "both" else value_axis.grid)(True, color="#cccccc", linewidth=0.5, zorder=0)
         ax.set_axisbelow(True)
