@@ -67,6 +67,19 @@ def test_every_answer_matches_the_stored_table(records):
     assert set(seen) == set(QUESTION_TYPES)
 
 
+def test_extremes_are_unique_so_every_question_has_one_answer(records):
+    for rec in records:
+        table = rec.meta["table"]
+        numeric = [c for c, is_num in enumerate(table["numeric"]) if is_num]
+        for c in numeric:
+            col = [r[c] for r in table["rows"]]
+            assert len(set(col)) == len(col)
+        if table["comparable_columns"]:
+            for row in table["rows"]:
+                nums = [row[c] for c in numeric]
+                assert nums.count(max(nums)) == 1
+
+
 def test_transcript_is_a_markdown_table_with_every_cell(records):
     for rec in records:
         table, transcript = rec.meta["table"], rec.meta["transcript"]
@@ -95,3 +108,10 @@ def test_workers_do_not_change_the_output(tmp_path):
     one = synthesize(tmp_path / "one", 8, seed=5, image_px=128, workers=1, shard_size=3, progress=False)
     two = synthesize(tmp_path / "two", 8, seed=5, image_px=128, workers=2, shard_size=3, progress=False)
     assert one["shards"] == two["shards"] and one["generator"] == "synth-tables"
+
+
+def test_many_tables_sample_quickly():
+    from data_pipelines.synth.tables import sample_table
+    for seed in range(2000):
+        table = sample_table(random.Random(seed))
+        assert 3 <= len(table.rows) <= 9

@@ -84,7 +84,12 @@ def sample_chart_data(rng: random.Random, kind: str | None = None) -> ChartData:
         series, decimals, measure, axis = ["Share"], 0, "Share", None
         values = [_shares(rng, n)]
     elif kind == "scatter":
-        x_measure = rng.choice([m for m in names.MEASURES if m[0] != measure])
+        # Both axes share the chart's decimals: only measures that still hold n distinct values at those.
+        def fits(m: tuple, d: int) -> bool:
+            return (m[3] - m[2]) * 10 ** d >= 3 * n
+        y_measure = (measure, axis, low, high, decimals)
+        x_measure = rng.choice([m for m in names.MEASURES if m[0] != measure
+                                and fits(m, min(decimals, m[4], 1)) and fits(y_measure, min(decimals, m[4], 1))])
         decimals = min(decimals, x_measure[4], 1)
         values = [_distinct(rng, n, x_measure[2], x_measure[3], decimals, False),
                   _distinct(rng, n, low, high, decimals, False)]
@@ -101,8 +106,8 @@ def sample_chart_data(rng: random.Random, kind: str | None = None) -> ChartData:
         series = [measure] if k == 1 else series_names[:k]
         log = decades and kind in ("bar", "hbar", "line") and rng.random() < 0.5
         values = [_distinct(rng, n, low, high, decimals, log) for _ in series]
-        if kind == "stacked_bar":  # totals per category must have a unique maximum too
-            while _count_max(_totals(values, decimals)) > 1:
+        if kind == "stacked_bar":  # totals per category are asked about too: distinct as well
+            while len(set(_totals(values, decimals))) < n:
                 values = [_distinct(rng, n, low, high, decimals, False) for _ in series]
     noun = "category" if kind == "scatter" else names.CATEGORY_NOUN[theme]
     data = ChartData(kind=kind, categories=categories, series=series, values=values, decimals=decimals,
@@ -120,16 +125,18 @@ def sample_chart_data(rng: random.Random, kind: str | None = None) -> ChartData:
 
 
 def _shares(rng: random.Random, n: int) -> list[float]:
-    """n integer percentages >= 4 summing to 100 with a unique maximum and minimum."""
+    """n distinct integer percentages >= 4 summing to 100 (so that any two compare with one answer)."""
     while True:
         cuts = sorted(rng.randint(0, 100 - 4 * n) for _ in range(n - 1))
         shares = [4 + b - a for a, b in zip([0] + cuts, cuts + [100 - 4 * n])]
-        if _count_max(shares) == 1 and _count_max([-s for s in shares]) == 1:
+        if len(set(shares)) == n:
             return [float(s) for s in shares]
 
 
 def _distinct(rng: random.Random, n: int, low: float, high: float, decimals: int, log: bool) -> list[float]:
     """n distinct values in [low, high] rounded to `decimals` (log-uniform when `log`)."""
+    if (high - low) * 10 ** decimals < 2 * n:
+        raise ValueError(f"cannot draw {n} distinct values from [{low}, {high}] at {decimals} decimals")
     while True:
         if log:
             values = [round(low * (high / low) ** rng.random(), decimals) for _ in range(n)]
@@ -137,10 +144,6 @@ def _distinct(rng: random.Random, n: int, low: float, high: float, decimals: int
             values = [round(rng.uniform(low, high), decimals) for _ in range(n)]
         if len(set(values)) == n:
             return values
-
-
-def _count_max(values: list[float]) -> int:
-    return values.count(max(values))
 
 
 def _totals(values: list[list[float]], decimals: int) -> list[float]:

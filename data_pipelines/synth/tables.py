@@ -81,13 +81,11 @@ def sample_table(rng: random.Random) -> TableData:
         chosen = [(measure, axis, low, high, decimals)] + [m[:5] for m in others[:rng.randint(1, 2)]]
         columns, absent_column, comparable = [m[1] for m in chosen], others[2][0], False
         title = rng.choice([f"Key figures by {names.CATEGORY_NOUN[theme]}", None])
-    cols: list[list[float]] = []
-    for _, _, lo, hi, dec in chosen:
-        while True:
-            col = [round(rng.uniform(lo, hi), dec) for _ in range(n)]
-            if len(set(col)) == n:
-                break
-        cols.append(col)
+    while True:  # distinct values in each column (unique extremes), and each row's maximum unique too
+        cols = [[round(rng.uniform(lo, hi), dec) for _ in range(n)] for _, _, lo, hi, dec in chosen]
+        row_maxima_unique = all(r.count(max(r)) == 1 for r in zip(*cols)) or not comparable
+        if all(len(set(col)) == n for col in cols) and row_maxima_unique:
+            break
     rows = [[pool[p]] + [c[i] for c in cols] for i, p in enumerate(picked)]
     numeric = [False] + [True] * len(columns)
     decimals = [0] + [m[4] for m in chosen]
@@ -101,11 +99,6 @@ def sample_table(rng: random.Random) -> TableData:
     table = TableData(title=title, row_noun=names.CATEGORY_NOUN[theme], columns=header, numeric=numeric, rows=rows,
                       decimals=decimals, total_row=rng.random() < 0.4, comparable_columns=comparable,
                       absent_row=absent_row, absent_column=absent_column)
-    if comparable:  # row-wise maxima must be unique for "in which column" questions
-        for row in table.rows:
-            nums = row[1:1 + len(columns)]
-            if nums.count(max(nums)) > 1:
-                row[1 + nums.index(max(nums))] = round(max(nums) + 10 ** -decimals[1], decimals[1])
     table.style = {"font": rng.choice(FONT_FAMILIES), "font_px": rng.randint(12, 17),
                    "header_fill": rng.choice(HEADER_FILLS), "stripes": rng.choice([None, *STRIPE_FILLS]),
                    "rules": rng.choice(["grid", "horizontal", "minimal"]), "pad_x": rng.randint(6, 14),
