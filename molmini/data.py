@@ -377,18 +377,29 @@ class StreamPosition:
 
 def iter_records(shards: list[str], on_error=None) -> Iterator[Record]:
     """Every readable record of `shards` in order (no shuffling, no splitting); an unreadable member or
-    record is passed to `on_error(message)` (default: logged) and skipped."""
+    record, and a shard holding fewer samples than its manifest lists, is passed to `on_error(message)`
+    (default: logged) and skipped."""
     import webdataset as wds
 
     def report(message: str) -> None:
         (on_error or log.warning)(message)
 
+    failures = [0]
+
     def handler(exn: Exception) -> bool:
         report(f"unreadable shard member ({type(exn).__name__}: {exn})")
+        failures[0] += 1
         return True
 
-    for sample in wds.tarfile_to_samples(handler=handler)(iter({"url": u} for u in shards)):
-        try:
-            yield Record.from_sample(sample)
-        except RecordError as e:
-            report(str(e))
+    expected = manifest_counts(shards)
+    for url in shards:
+        count, failures[0] = 0, 0
+        for sample in wds.tarfile_to_samples(handler=handler)(iter([{"url": url}])):
+            count += 1
+            try:
+                yield Record.from_sample(sample)
+            except RecordError as e:
+                report(str(e))
+        if expected.get(url, 0) > count + failures[0]:
+            report(f"{Path(url).name}: read {count} of the {expected[url]} samples its manifest lists; the shard "
+                   "is truncated (regenerate it)")

@@ -73,3 +73,14 @@ def test_stream_counts_the_missing_samples_as_skipped(tmp_path):
     out = list(itertools.islice(ShardStream(find_shards(tmp_path), transform, endless=True), 6))
     assert [s["skipped"][2] for s in out][:5] in ([0] * 5, [0] * 4 + [3], [0] + [3] * 4)
     assert out[5]["skipped"][2] == 3  # 4 listed - 1 read, counted once
+
+
+def test_iter_records_reports_a_short_shard(tmp_path):
+    from molmini.data import iter_records
+    records = write(tmp_path)
+    cut_after_records(tmp_path / "shard-000000.tar", keep=2)
+    errors = []
+    got = [r.key for r in iter_records(find_shards(tmp_path), on_error=errors.append)]
+    assert got == [r.key for r in records[:2] + records[4:]]
+    assert errors == ["shard-000000.tar: read 2 of the 4 samples its manifest lists; the shard is truncated "
+                      "(regenerate it)"]
