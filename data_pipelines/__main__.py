@@ -40,22 +40,24 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
         "documents": ("invoices, receipts, forms, letters and articles with extractive questions", "512"),
     }
     for name, (help_text, px) in described.items():
-        p = generators.add_parser(name, help=help_text, description=help_text,
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = generators.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--out", required=True, help="output folder for shards and manifest.json")
         p.add_argument("--num", "--num-images", dest="num_images", type=int, default=1000,
-                       help="how many images (one record each)")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--split", default="train", help="split name, recorded in the manifest and record keys")
+                       help="how many images, one record each (default: 1000)")
+        p.add_argument("--seed", type=int, default=0, help="(default: 0)")
+        p.add_argument("--split", default="train",
+                       help="split name, recorded in the manifest and record keys (default: train)")
         p.add_argument("--image-px", type=int, default=None, help=f"image width in pixels (default: {px})")
-        p.add_argument("--workers", type=int, default=1, help="rendering processes (output does not depend on it)")
-        p.add_argument("--shard-size", type=int, default=1000, help="records per shard")
+        p.add_argument("--workers", type=int, default=1,
+                       help="rendering processes; the output does not depend on it (default: 1)")
+        p.add_argument("--shard-size", type=int, default=1000, help="records per shard (default: 1000)")
         if name == "charts":
             p.add_argument("--variety", choices=("basic", "full"), default="basic",
-                           help="basic: the default run's bar/line/pie mix; full: every chart kind and style")
+                           help="basic (default): the default run's bar/line/pie mix; full: every chart kind "
+                                "and style")
             p.add_argument("--renderer", choices=("axes", "direct"), default="axes",
-                           help="basic bar/line charts: axes (matplotlib Axes, as the default run) or direct "
-                                "(figure-level artists, about 2-4x faster, near-identical images)")
+                           help="basic bar/line charts: axes (default: matplotlib Axes, as the default run) "
+                                "or direct (no Axes, about 4x faster, near-identical images)")
         elif name == "tables":
             p.add_argument("--noise", action="store_true", help="scan noise: skew, blur, JPEG artefacts")
         else:
