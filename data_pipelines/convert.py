@@ -18,14 +18,13 @@ import json
 import logging
 import os
 import re
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from PIL import Image
 from tqdm import tqdm
 
+from data_pipelines.report import ConversionStats
 from data_pipelines.shards import ShardWriter
 from molmini.data import IMAGE_MARKER, Record, RecordError, strip_image_marker, validate_messages
 
@@ -37,36 +36,12 @@ LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant":
 CHARTQA_ORIGINS = {0: "human", 1: "machine"}  # HuggingFaceM4/ChartQA's class_label names
 PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}  # modes PIL can write as PNG
 TABLE_SUFFIXES = (".parquet", ".arrow")
-MAX_EXAMPLES = 10  # skipped row names kept per reason
-
-
 class BadRow(ValueError):
     """A source row that cannot become a record; `reason` is the short name it is counted under."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
-
-
-@dataclass
-class ConversionStats:
-    """What a conversion read, wrote and skipped (by reason, with example row names)."""
-    rows: int = 0
-    records: int = 0
-    skipped: Counter = field(default_factory=Counter)
-    examples: dict[str, list[str]] = field(default_factory=dict)
-
-    def skip(self, row: str, error: BadRow, rows: int = 1) -> None:
-        """Count `rows` source rows (several, for a merged group) as skipped for `error.reason`."""
-        self.skipped[error.reason] += rows
-        names = self.examples.setdefault(error.reason, [])
-        if len(names) < MAX_EXAMPLES:
-            names.append(row)
-        log.warning("skipped %s: %s", row, error)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "records": self.records, "skipped": dict(sorted(self.skipped.items())),
-                "skipped_examples": dict(sorted(self.examples.items()))}
 
 
 class KeyMaker:
@@ -426,12 +401,12 @@ def write_shards(records: Iterable[Record], out_dir: str | os.PathLike, *, gener
                  split: str = "train", shard_size: int = 1000, progress: bool = True) -> dict[str, Any]:
     """Write `records` into shards in `out_dir`; the manifest counts them by source and task, and its
     params hold `params` plus the conversion stats. Returns the manifest."""
+    # The stats are complete only once every record is written, so the writer asks for them at close.
+    late = (lambda: {"conversion": stats.as_dict()}) if stats is not None else None
     with ShardWriter(out_dir, generator=generator, generator_version=CONVERTER_VERSION, split=split,
-                     params=params, maxcount=shard_size) as writer:
+                     params=params, maxcount=shard_size, late_params=late) as writer:
         for record in tqdm(records, desc=f"{generator} -> {out_dir}", unit="rec", disable=not progress):
             writer.write(record)
-        if stats is not None:  # known only now, so added before close() writes the manifest
-            writer.header["params"]["conversion"] = stats.as_dict()
     return writer.manifest
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import re
 import unicodedata
@@ -25,10 +24,9 @@ from typing import Any, Iterable, Iterator
 import imagehash
 from PIL import Image
 
+from data_pipelines.report import CurationReport, FilterResult, write_report  # noqa: F401 (write_report: part of this API)
 from molmini.data import IMAGE_MARKER, Record, find_shards, iter_records, strip_image_marker
 
-REPORT_JSON = "curation_report.json"
-REPORT_MARKDOWN = "curation_report.md"
 # imagehash.phash with hash_size=16: 256 bits. The usual 64-bit hash cannot tell copies from different
 # charts: on the synthetic charts, re-encoded or rescaled copies differ by <= 4 of 64 bits, but so do some
 # distinct pie charts; with 256 bits copies differ by <= 12 and distinct charts by >= 34.
@@ -363,44 +361,6 @@ def _move_marker(old_first: str, new_first: str) -> str:
 
 # ---- running and reporting --------------------------------------------------------------------------------
 
-@dataclass
-class FilterResult:
-    name: str
-    params: dict[str, Any]
-    counts: Counter  # the filter's own extra numbers, updated as it runs
-    dropped: int = 0
-    examples: list[dict[str, str]] = field(default_factory=list)
-
-
-@dataclass
-class CurationReport:
-    """Records seen and kept, and per filter what it dropped, with example keys and why."""
-    filters: list[FilterResult]
-    seen: int = 0
-    kept: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. unreadable input records, set by the caller
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"seen": self.seen, "kept": self.kept, "dropped": self.seen - self.kept, **self.extra,
-                "filters": [{"name": f.name, "params": f.params, "dropped": f.dropped, **dict(f.counts),
-                             "examples": f.examples} for f in self.filters]}
-
-    def to_markdown(self) -> str:
-        lines = ["# Curation report", "", f"- records seen: {self.seen}", f"- kept: {self.kept}",
-                 f"- dropped: {self.seen - self.kept}"]
-        lines += [f"- {name.replace('_', ' ')}: {value}" for name, value in self.extra.items()]
-        lines += ["", "| filter | params | dropped | other |", "|---|---|---:|---|"]
-        for f in self.filters:
-            params = ", ".join(f"{k}={v}" for k, v in f.params.items())
-            other = ", ".join(f"{k}={v}" for k, v in sorted(f.counts.items()))
-            lines.append(f"| {f.name} | {params} | {f.dropped} | {other} |")
-        for f in self.filters:
-            if f.examples:
-                lines += ["", f"## {f.name}: examples", ""]
-                lines += [f"- `{e['key']}`: {e['why']}" for e in f.examples]
-        return "\n".join(lines) + "\n"
-
-
 def curate(records: Iterable[Record], filters: list[Filter],
            max_examples: int = 10) -> tuple[Iterator[Record], CurationReport]:
     """(kept records, report), the report keeping up to `max_examples` example keys per filter. Records
@@ -423,16 +383,6 @@ def curate(records: Iterable[Record], filters: list[Filter],
                 yield record
 
     return kept(), report
-
-
-def write_report(report: CurationReport, folder: str | os.PathLike) -> tuple[Path, Path]:
-    """Write the report as JSON and markdown into `folder`; returns both paths."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = folder / REPORT_JSON, folder / REPORT_MARKDOWN
-    json_path.write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    md_path.write_text(report.to_markdown(), encoding="utf-8")
-    return json_path, md_path
 
 
 FILTER_NAMES = [c.name for c in (MinImageSize, MaxAspectRatio, EvalImageOverlap, EvalQAOverlap, EmptyOrGarbledText,

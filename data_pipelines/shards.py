@@ -14,7 +14,7 @@ import tempfile
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import webdataset
 
@@ -39,12 +39,15 @@ class ShardWriter:
     past `maxsize` bytes (a single larger record still gets a shard of its own). Opening a writer removes
     the folder's old shards and manifest (only those files), so stale shards from an earlier, larger run
     cannot mix in. As a context manager, an exception closes the shards without writing a manifest,
-    which leaves the folder marked incomplete.
+    which leaves the folder marked incomplete. `late_params`, when given, is called at close and its dict
+    joins the manifest's params: for what is known only once every record is written (a converter's
+    counts of skipped rows).
     """
 
     def __init__(self, out_dir: str | os.PathLike, *, generator: str, generator_version: str = "",
                  seed: int = 0, split: str = "train", params: dict[str, Any] | None = None,
-                 maxcount: int = 1000, maxsize: float = 1e9) -> None:
+                 maxcount: int = 1000, maxsize: float = 1e9,
+                 late_params: Callable[[], dict[str, Any]] | None = None) -> None:
         if maxcount < 1 or maxsize <= 0:
             raise ValueError(f"maxcount ({maxcount}) and maxsize ({maxsize}) must be positive")
         self.out_dir = Path(out_dir)
@@ -52,6 +55,7 @@ class ShardWriter:
                        "split": split, "params": dict(params or {})}
         self.maxcount = maxcount
         self.maxsize = maxsize
+        self.late_params = late_params
         self.manifest: dict[str, Any] | None = None  # set by close()
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +95,10 @@ class ShardWriter:
         if self.manifest is not None:
             return self.manifest
         self._finish_shard()
-        manifest = {**self.header, "num_samples": len(self._keys),
+        header = dict(self.header)
+        if self.late_params is not None:
+            header["params"] = {**header["params"], **self.late_params()}
+        manifest = {**header, "num_samples": len(self._keys),
                     "counts_by_task": dict(sorted(self._by_task.items())),
                     "counts_by_source": dict(sorted(self._by_source.items())),
                     "shards": self._shards,
@@ -170,8 +177,15 @@ def verify_manifest(folder: str | os.PathLike) -> dict[str, Any]:
         digest = file_sha256(path)
         if digest != entry["sha256"]:
             problems.append(f"{entry['name']}: sha256 is {digest}, manifest says {entry['sha256']}")
-        count = count_tar_samples(path)
-        if count != entry["num_samples"]:
+        try:
+            count = count_tar_samples(path)
+        except (tarfile.TarError, OSError, EOFError) as e:  # cut inside a member, or not a tar at all
+            problems.append(f"{entry['name']}: unreadable as a tar ({type(e).__name__}: {e}); regenerate it")
+            continue
+        if count < entry["num_samples"]:
+            problems.append(f"{entry['name']}: holds {count} samples, manifest says {entry['num_samples']} "
+                            "(truncated; regenerate it)")
+        elif count != entry["num_samples"]:
             problems.append(f"{entry['name']}: holds {count} samples, manifest says {entry['num_samples']}")
     total = sum(entry["num_samples"] for entry in manifest.get("shards", []))
     if total != manifest.get("num_samples"):

@@ -106,6 +106,9 @@ class DataConfig:
     # Chance that a record's meta.transcript is trained on as one more exchange (see molmini.training).
     transcript_prob: float = 0.0
     max_length: int = 256
+    # A weighted mixture of shard folders, e.g. [{dir: data/charts, weight: 0.7}, {dir: data/docs, weight: 0.3}];
+    # molmini.data.mixture_sources checks it and MixtureStream reads it. Empty: train_dir alone.
+    mixture: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

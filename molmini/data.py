@@ -124,6 +124,19 @@ def find_shards(folder: str | os.PathLike) -> list[str]:
     return shards
 
 
+def manifest_counts(shards: list[str]) -> dict[str, int]:
+    """Samples per shard as the manifest.json beside the shards lists them (none where there is none)."""
+    counts: dict[str, int] = {}
+    for folder in {Path(s).parent for s in shards}:
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+            for entry in manifest.get("shards", []):
+                counts[str(folder / entry["name"])] = int(entry["num_samples"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # no manifest (or not one we can read): nothing to check against
+    return {s: counts[s] for s in shards if s in counts}
+
+
 class ShardStream(torch.utils.data.IterableDataset):
     """Records from webdataset shards, split by node (rank) and by DataLoader worker, through a seeded
     shuffle buffer, each passed through `transform`.
@@ -144,6 +157,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.shuffle_buffer, self.seed, self.endless = shuffle_buffer, seed, endless
         self.rank, self.world_size = rank, world_size
         self.resume = resume
+        self.expected_counts = manifest_counts(self.shards)
 
     def rank_shards(self) -> list[str]:
         """The shards this process reads (its workers split them further)."""
@@ -167,16 +181,26 @@ class ShardStream(torch.utils.data.IterableDataset):
     def _raw_samples(self, shards: list[str], rng: random.Random, errors: list[str]) -> Iterator[dict]:
         import webdataset as wds
 
+        failures = [0]  # in the shard being read
+
         def handler(exn: Exception) -> bool:
-            errors.append(f"{type(exn).__name__}: {exn}")
+            errors.append((f"{type(exn).__name__}: {exn}", 1))
+            failures[0] += 1
             return True  # keep going with the next member or shard
 
-        epoch = 0
         while True:
             order = list(shards)
             rng.shuffle(order)
-            yield from wds.tarfile_to_samples(handler=handler)(iter({"url": u} for u in order))
-            epoch += 1
+            for url in order:
+                count, failures[0] = 0, 0
+                for sample in wds.tarfile_to_samples(handler=handler)(iter([{"url": url}])):
+                    count += 1
+                    yield sample
+                # A tar cut exactly at a member boundary reads without error, only shorter: its manifest says so.
+                missing = self.expected_counts.get(url, 0) - count - failures[0]
+                if missing > 0:
+                    errors.append((f"{Path(url).name}: read {count} of the {self.expected_counts[url]} samples its "
+                                   f"manifest lists; the shard is truncated (regenerate it)", missing))
             if not self.endless:
                 return
 
@@ -197,17 +221,25 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         shards, wid = self._my_shards()
-        rng = random.Random(f"{self.seed}-{self.rank}-{wid}")
         start = self.resume.start(self.rank, wid) if self.resume is not None else 0
+        for position, out in self.samples(shards, wid, start):
+            out["position"] = (self.rank, wid, position)
+            yield out
+
+    def samples(self, shards: list[str], wid: int, start: int = 0) -> Iterator[tuple[int, dict]]:
+        """(raw position, transformed sample) for worker `wid` reading `shards`, from raw position `start`
+        on. The positions count every member group read, skipped ones included, so they survive a restart."""
+        rng = random.Random(f"{self.seed}-{self.rank}-{wid}")
         errors: list[str] = []
         skipped = 0
         for position, sample in enumerate(self._shuffled(self._raw_samples(shards, rng, errors), rng)):
             if position < start:
                 errors.clear()  # already consumed (and counted) before the restart: fast-forward, no decoding
                 continue
-            while errors:  # failures inside the tar reader (truncated members, bad headers)
-                skipped += 1
-                log.warning("skipped an unreadable shard member (%s)", errors.pop())
+            while errors:  # failures inside the tar reader (truncated members, bad headers, short shards)
+                message, count = errors.pop()
+                skipped += count
+                log.warning("skipped %d unreadable shard member(s) (%s)", count, message)
             try:
                 # Randomness of the transform depends on the position only, so a resumed stream repeats it.
                 sample_rng = random.Random(f"{self.seed}-{self.rank}-{wid}-{position}")
@@ -217,11 +249,81 @@ class ShardStream(torch.utils.data.IterableDataset):
                 log.warning("skipped record: %s", e)
                 continue
             out["skipped"] = (self.rank, wid, skipped)
-            out["position"] = (self.rank, wid, position)
-            yield out
+            yield position, out
         while errors:
-            skipped += 1
-            log.warning("skipped an unreadable shard member (%s)", errors.pop())
+            message, count = errors.pop()
+            log.warning("skipped %d unreadable shard member(s) (%s)", count, message)
+
+
+def mixture_sources(entries: list[dict[str, Any]]) -> list[tuple[list[str], float]]:
+    """(shards, weight) for each ``{dir, weight}`` entry of a config's ``data.mixture``."""
+    sources = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or set(entry) != {"dir", "weight"}:
+            raise ValueError(f"data.mixture[{i}] must be {{dir: FOLDER, weight: NUMBER}}, got {entry!r}")
+        weight = entry["weight"]
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ValueError(f"data.mixture[{i}].weight must be a non-negative number, got {weight!r}")
+        sources.append((find_shards(entry["dir"]), float(weight)))
+    return sources
+
+
+class MixtureStream(torch.utils.data.IterableDataset):
+    """A weighted mixture of shard sets: each sample comes from set i with probability weight_i / sum(weights).
+
+    Every set is read as an endless `ShardStream` (its own shuffle, split by process and DataLoader worker,
+    so each set needs at least processes x workers shards). Which set the sample at mixture position p
+    comes from is a pure function of (seed, rank, worker, p), so the mixture is deterministic and resumes
+    exactly: feed a `StreamPosition` the `position` of each consumed sample, as for a ShardStream; a
+    position here is (rank, worker, mixture position, set index, position in that set).
+
+        MixtureStream([(find_shards("data/charts"), 0.5), (find_shards("data/docs"), 0.3), ...], transform)
+    """
+
+    def __init__(self, sources: list[tuple[list[str], float]], transform, shuffle_buffer: int = 0, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, resume: "StreamPosition | None" = None):
+        super().__init__()
+        if not sources or any(w < 0 for _, w in sources) or sum(w for _, w in sources) <= 0:
+            raise ValueError(f"a mixture needs at least one shard set and non-negative weights with a positive "
+                             f"sum; got weights {[w for _, w in sources]}")
+        self.weights = [float(w) for _, w in sources]
+        # Each set gets its own seed, so that two sets with the same files still shuffle differently.
+        self.streams = [ShardStream(list(shards), transform, shuffle_buffer, f"{seed}/{i}", endless=True, rank=rank,
+                                    world_size=world_size) for i, (shards, _) in enumerate(sources)]
+        self.seed, self.rank, self.world_size, self.resume = seed, rank, world_size, resume
+        total = sum(self.weights)
+        self._cumulative = [sum(self.weights[:i + 1]) / total for i in range(len(self.weights))]
+
+    def choose(self, wid: int, position: int) -> int:
+        """The set the sample at this mixture position comes from (a function of the position alone)."""
+        u = random.Random(f"{self.seed}-mix-{self.rank}-{wid}-{position}").random()
+        return next((i for i, c in enumerate(self._cumulative) if u < c), len(self._cumulative) - 1)
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        wid, workers = (info.id, info.num_workers) if info else (0, 1)
+        if self.resume is not None:
+            self.resume.check(self, workers)
+            wid = (wid + self.resume.next_worker) % workers  # see ShardStream._my_shards
+        iterators = []
+        for i, stream in enumerate(self.streams):
+            mine = stream.rank_shards()[wid::workers]
+            if not mine:
+                raise ValueError(f"mixture set {i} has {len(stream.shards)} shards, too few for {self.world_size} "
+                                 f"processes x {workers} DataLoader workers; write more, smaller shards")
+            start = self.resume.start(self.rank, wid, i) if self.resume is not None else 0
+            iterators.append(stream.samples(mine, wid, start))
+        position = self.resume.start(self.rank, wid) if self.resume is not None else 0
+        skipped = [0] * len(iterators)
+        while True:
+            i = self.choose(wid, position)
+            inner, out = next(iterators[i])
+            skipped[i] = out["skipped"][2]
+            out["skipped"] = (self.rank, wid, sum(skipped))
+            out["position"] = (self.rank, wid, position, i, inner)
+            out["source"] = i
+            yield out
+            position += 1
 
 
 @dataclass
@@ -235,23 +337,29 @@ class StreamPosition:
     workers: int
     world_size: int
     seed: int
-    next_positions: dict[str, int] = field(default_factory=dict)  # "rank/worker" -> next position
+    next_positions: dict[str, int] = field(default_factory=dict)  # "rank/worker"[/set] -> next position
     consumed: int = 0  # samples (or batches) taken from each process's loader
 
     @property
     def next_worker(self) -> int:
         return self.consumed % self.workers
 
-    def update(self, positions: list[tuple[int, int, int]], batches: int = 1) -> None:
-        for rank, wid, pos in positions:
-            key = f"{rank}/{wid}"
-            self.next_positions[key] = max(self.next_positions.get(key, 0), pos + 1)
+    def update(self, positions: list[tuple[int, ...]], batches: int = 1) -> None:
+        """`positions`: (rank, worker, position) from a ShardStream, or (rank, worker, position, set, position
+        in the set) from a MixtureStream."""
+        for rank, wid, pos, *inner in positions:
+            self._advance(f"{rank}/{wid}", pos)
+            if inner:
+                self._advance(f"{rank}/{wid}/{inner[0]}", inner[1])
         self.consumed += batches
 
-    def start(self, rank: int, wid: int) -> int:
-        return self.next_positions.get(f"{rank}/{wid}", 0)
+    def _advance(self, key: str, pos: int) -> None:
+        self.next_positions[key] = max(self.next_positions.get(key, 0), pos + 1)
 
-    def check(self, stream: "ShardStream", workers: int) -> None:
+    def start(self, rank: int, wid: int, source: int | None = None) -> int:
+        return self.next_positions.get(f"{rank}/{wid}" + ("" if source is None else f"/{source}"), 0)
+
+    def check(self, stream: "ShardStream | MixtureStream", workers: int) -> None:
         want = (self.workers, self.world_size, self.seed)
         have = (max(workers, 1), stream.world_size, stream.seed)
         if want != have:
@@ -269,18 +377,29 @@ class StreamPosition:
 
 def iter_records(shards: list[str], on_error=None) -> Iterator[Record]:
     """Every readable record of `shards` in order (no shuffling, no splitting); an unreadable member or
-    record is passed to `on_error(message)` (default: logged) and skipped."""
+    record, and a shard holding fewer samples than its manifest lists, is passed to `on_error(message)`
+    (default: logged) and skipped."""
     import webdataset as wds
 
     def report(message: str) -> None:
         (on_error or log.warning)(message)
 
+    failures = [0]
+
     def handler(exn: Exception) -> bool:
         report(f"unreadable shard member ({type(exn).__name__}: {exn})")
+        failures[0] += 1
         return True
 
-    for sample in wds.tarfile_to_samples(handler=handler)(iter({"url": u} for u in shards)):
-        try:
-            yield Record.from_sample(sample)
-        except RecordError as e:
-            report(str(e))
+    expected = manifest_counts(shards)
+    for url in shards:
+        count, failures[0] = 0, 0
+        for sample in wds.tarfile_to_samples(handler=handler)(iter([{"url": url}])):
+            count += 1
+            try:
+                yield Record.from_sample(sample)
+            except RecordError as e:
+                report(str(e))
+        if expected.get(url, 0) > count + failures[0]:
+            report(f"{Path(url).name}: read {count} of the {expected[url]} samples its manifest lists; the shard "
+                   "is truncated (regenerate it)")

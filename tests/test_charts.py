@@ -183,3 +183,41 @@ def test_command_line(tmp_path):
     assert (manifest["num_samples"], manifest["seed"], manifest["split"], manifest["params"]) == \
            (5, 9, "val", {"image_px": 96})
     assert len(manifest["shards"]) == 3
+
+
+def test_direct_renderer_draws_the_bars_where_the_axes_renderer_does():
+    import numpy as np
+    from data_pipelines.synth.charts import render_chart, sample_chart
+    from data_pipelines.synth.fast_charts import render_chart_direct
+
+    def box(png, hex_colour):  # bounding box of the pixels of exactly this colour
+        rgb = np.asarray(Image.open(io.BytesIO(png)))
+        ys, xs = np.nonzero((rgb == [int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)]).all(axis=2))
+        return np.array([xs.min(), ys.min(), xs.max(), ys.max()])
+
+    checked = 0
+    for seed in range(40):
+        spec = sample_chart(random.Random(seed))
+        if spec.kind != "bar":
+            continue
+        axes, direct = render_chart(spec), render_chart_direct(spec)
+        assert Image.open(io.BytesIO(direct)).size == (128, 128)
+        for colour in set(spec.colours) - {"gray"}:  # (anti-aliased black text has grey pixels too)
+            # one bar per colour: the same place and height within 3 pixels (Axes snap bar edges to pixels)
+            assert np.abs(box(axes, PALETTE[colour]) - box(direct, PALETTE[colour])).max() <= 3, (seed, colour)
+            checked += 1
+    assert checked > 20
+    other = sample_chart(random.Random(99))
+    assert render_chart_direct(other) == render_chart_direct(other)
+
+
+def test_renderer_is_recorded_only_when_not_the_default(tmp_path):
+    manifest = synthesize(tmp_path / "one", 12, seed=0, renderer="direct", shard_size=5, progress=False)
+    assert manifest["params"] == {"image_px": 128, "renderer": "direct"}
+    # the saved y-axis backgrounds differ between processes' histories; the images must not
+    two = synthesize(tmp_path / "two", 12, seed=0, renderer="direct", shard_size=5, workers=2, progress=False)
+    assert two["shards"] == manifest["shards"]
+    with pytest.raises(ValueError, match="basic bar and line charts only"):
+        synthesize(tmp_path / "bad", 1, seed=0, variety="full", renderer="direct", progress=False)
+    with pytest.raises(ValueError, match="renderer"):
+        synthesize(tmp_path / "bad", 1, seed=0, renderer="svg", progress=False)

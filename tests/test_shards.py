@@ -145,3 +145,12 @@ def test_duplicate_keys_and_non_records_are_refused(tmp_path):
         with pytest.raises(TypeError):
             writer.write(make_record(2).to_sample())
     assert read_manifest(tmp_path)["num_samples"] == 1
+
+
+def test_late_params_join_the_manifest_at_close(tmp_path):
+    counted = {"n": 0}
+    with ShardWriter(tmp_path, generator="g", params={"a": 1}, late_params=lambda: {"seen": counted["n"]}) as w:
+        for i in range(3):
+            w.write(make_record(i))
+            counted["n"] += 1
+    assert read_manifest(tmp_path)["params"] == {"a": 1, "seen": 3}

@@ -1,0 +1,177 @@
+"""What every synthetic generator shares: answer formatting, the refusal string, QA -> messages, and the
+driver that renders records in parallel processes into shards, deterministically for a given seed.
+
+A generator is a module with ``GENERATOR_NAME``, ``GENERATOR_VERSION``, ``KEY_PREFIX``, ``NOUN`` and
+``make_record(rng, key, image_px, **params) -> Record``. Record ``i`` is drawn from its own
+``random.Random(f"{seed}-{split}-{i}")``, so the output does not depend on how many processes render it.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import multiprocessing
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from tqdm import tqdm
+
+from data_pipelines.shards import MANIFEST_NAME, SHARD_GLOB, ShardWriter, read_manifest
+from molmini.data import IMAGE_MARKER, Record
+
+log = logging.getLogger(__name__)
+
+# The one answer to a question the image cannot answer (asked so that a model learns to say so).
+REFUSAL = "unanswerable"
+
+
+def fmt_number(x: float, decimals: int = 2) -> str:
+    """ChartQA's answer format: a plain number, no units, no thousands separators, no trailing zeros."""
+    x = round(float(x), decimals)
+    if x == int(x):
+        return str(int(x))
+    return f"{x:.{decimals}f}".rstrip("0").rstrip(".")
+
+
+def qa_messages(qas: list[tuple[str, str, str]]) -> list[dict[str, str]]:
+    """Messages for (type, question, answer) triples; the image belongs to the first user turn."""
+    messages = []
+    for i, (_, question, answer) in enumerate(qas):
+        messages.append({"role": "user", "content": (IMAGE_MARKER if i == 0 else "") + question})
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+def record_for_index(module: str, seed: int, split: str, index: int, image_px: int,
+                     params: dict[str, Any] | None = None) -> Record:
+    """Record `index` of a generator module: its own rng makes it independent of who renders it, and when."""
+    gen = importlib.import_module(module)
+    # The split is part of the seed so that a train and a val set made with the same seed differ.
+    rng = random.Random(f"{seed}-{split}-{index}")
+    return gen.make_record(rng, key=f"{gen.KEY_PREFIX}-{split}-{index:08d}", image_px=image_px, **(params or {}))
+
+
+def _render_range(job: tuple[str, int, str, int, dict[str, Any], int, int]) -> list[Record]:
+    """Worker entry point (top level, so that it pickles under spawn)."""
+    module, seed, split, image_px, params, start, stop = job
+    return [record_for_index(module, seed, split, i, image_px, params) for i in range(start, stop)]
+
+
+def render_records(module: str, seed: int, split: str, num_images: int, image_px: int, workers: int,
+                   params: dict[str, Any] | None = None) -> Iterator[list[Record]]:
+    """Chunks of records in index order, rendered by `workers` processes."""
+    chunk = max(1, min(32, num_images // (4 * workers)))  # small enough to keep every worker busy
+    jobs = [(module, seed, split, image_px, dict(params or {}), start, min(start + chunk, num_images))
+            for start in range(0, num_images, chunk)]
+    if workers <= 1:
+        yield from map(_render_range, jobs)
+        return
+    with multiprocessing.Pool(workers) as pool:
+        yield from pool.imap(_render_range, jobs)  # imap keeps job order, so records arrive in index order
+
+
+def _reusable(out_dir: str | os.PathLike, expected: dict[str, Any]) -> dict[str, Any] | None:
+    """The folder's manifest if it describes exactly the dataset we would generate, else None."""
+    try:
+        manifest = read_manifest(out_dir)
+    except (FileNotFoundError, ValueError):
+        return None
+    if any(manifest.get(k) != v for k, v in expected.items()):
+        return None
+    # Shards are not re-hashed here (that would read the whole set); verify_manifest does that.
+    shards_present = all((Path(out_dir) / s["name"]).is_file() for s in manifest.get("shards", []))
+    return manifest if shards_present else None
+
+
+def synthesize_with(module: str, out_dir: str | os.PathLike, num_images: int, seed: int, split: str = "train",
+                    image_px: int = 128, workers: int = 1, shard_size: int = 1000, progress: bool = True,
+                    params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write `num_images` records of generator `module` as shards in `out_dir`; returns the manifest.
+
+    The output depends only on (seed, split, num_images, image_px, params), not on `workers`. A folder
+    whose manifest already describes that dataset is reused as it is; otherwise its old shards are
+    removed and it is generated anew. `params` (the generator's options) are recorded in the manifest.
+    """
+    if num_images < 0 or image_px < 32 or workers < 1 or shard_size < 1:
+        raise ValueError(f"need num_images >= 0, image_px >= 32, workers >= 1 and shard_size >= 1; got "
+                         f"{num_images}, {image_px}, {workers}, {shard_size}")
+    gen = importlib.import_module(module)
+    params = dict(params or {})
+    manifest_params = {"image_px": image_px, **params}
+    expected = {"generator": gen.GENERATOR_NAME, "generator_version": gen.GENERATOR_VERSION, "seed": seed,
+                "split": split, "num_samples": num_images, "params": manifest_params}
+    what = gen.NOUN  # "chart": the messages say "4000 chart images"
+    manifest = _reusable(out_dir, expected)
+    if manifest is not None:
+        say(f"reusing {num_images} {what} images in {out_dir} (its manifest matches seed, split and params)",
+            progress)
+        return manifest
+    if (Path(out_dir) / MANIFEST_NAME).exists() or any(Path(out_dir).glob(SHARD_GLOB)):
+        say(f"{out_dir} holds a different or incomplete set; removing its shards and regenerating", progress)
+    started = time.perf_counter()
+    with ShardWriter(out_dir, generator=gen.GENERATOR_NAME, generator_version=gen.GENERATOR_VERSION, seed=seed,
+                     split=split, params=manifest_params, maxcount=shard_size) as writer, \
+            tqdm(total=num_images, desc=f"synth {gen.KEY_PREFIX} -> {out_dir}", unit="img", disable=not progress) as bar:
+        for records in render_records(module, seed, split, num_images, image_px, workers, params):
+            for record in records:
+                writer.write(record)
+            bar.update(len(records))
+    seconds = time.perf_counter() - started
+    say(f"wrote {num_images} {what} images to {out_dir} in {seconds:.1f} s "
+        f"({num_images / max(seconds, 1e-9):.0f} images/s)", progress)
+    return writer.manifest
+
+
+def say(message: str, progress: bool) -> None:
+    """Print next to the progress bar when there is one; otherwise only log."""
+    if progress:
+        print(message, file=sys.stderr)
+    else:
+        log.info(message)
+
+
+# ---- PIL rendering helpers (tables, documents) ----------------------------------------------------------
+
+FONT_FILES = {  # (family, bold, italic) -> file in matplotlib's bundled fonts
+    ("sans", False, False): "DejaVuSans.ttf", ("sans", True, False): "DejaVuSans-Bold.ttf",
+    ("sans", False, True): "DejaVuSans-Oblique.ttf", ("serif", False, False): "DejaVuSerif.ttf",
+    ("serif", True, False): "DejaVuSerif-Bold.ttf", ("serif", False, True): "DejaVuSerif-Italic.ttf",
+    ("mono", False, False): "DejaVuSansMono.ttf", ("mono", True, False): "DejaVuSansMono-Bold.ttf",
+    ("mono", False, True): "DejaVuSansMono-Oblique.ttf",
+}
+FONT_FAMILIES = ("sans", "serif", "mono")
+
+
+@functools.lru_cache(maxsize=256)
+def pil_font(family: str, size: int, bold: bool = False, italic: bool = False):
+    """A TrueType font that ships with matplotlib (DejaVu), so every machine renders the same pixels."""
+    from PIL import ImageFont
+    import matplotlib
+    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / FONT_FILES[family, bold, italic]
+    return ImageFont.truetype(str(path), size)
+
+
+def encode_image(image, rng: random.Random | None = None, noise: bool = False) -> tuple[bytes, str]:
+    """(bytes, extension) of an RGB image; with `noise`, a scan's defects drawn from rng: a slight skew,
+    blur and JPEG artefacts (then the image is a JPEG)."""
+    from PIL import Image, ImageFilter
+    import io
+    ext = "png"
+    quality = None
+    if noise and rng is not None:
+        if rng.random() < 0.5:
+            image = image.rotate(rng.uniform(-2.0, 2.0), resample=Image.BILINEAR, expand=False, fillcolor="white")
+        if rng.random() < 0.4:
+            image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8)))
+        if rng.random() < 0.6:
+            ext, quality = "jpg", rng.randint(35, 75)
+    out = io.BytesIO()
+    if ext == "jpg":
+        image.save(out, format="JPEG", quality=quality)
+    else:
+        image.save(out, format="PNG", compress_level=3)
+    return out.getvalue(), ext
