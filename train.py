@@ -20,7 +20,7 @@ from molmini.config import Config, ConfigError, load_config
 from molmini.data import find_shards
 from molmini.hub import write_model_card
 from molmini.model import MolminiModel
-from molmini.training import make_accelerator, train
+from molmini.training import NonFiniteLossError, make_accelerator, train
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 
@@ -71,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    summary = train(cfg, run_dir, accelerator, resume=args.resume)
+    try:
+        summary = train(cfg, run_dir, accelerator, resume=args.resume)
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if accelerator.is_main_process and not args.no_eval:
         from eval.heldout import evaluate, format_table, write_results
         checkpoint = run_dir / "checkpoint"

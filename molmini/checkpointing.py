@@ -12,7 +12,11 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from accelerate.utils import DistributedType
+
+from .stages import merge_lora
 
 STATE_FILE = "trainer_state.json"
 COMPLETE = "COMPLETE"
@@ -86,3 +90,29 @@ def _rotate(folder: Path, keep: int) -> None:
     done = complete_checkpoints(folder.parent)
     for old in done[:-keep] if keep > 0 else []:
         shutil.rmtree(old)
+
+
+def shards_weights(accelerator) -> bool:
+    """Whether no single process holds the full weights (FSDP, DeepSpeed ZeRO-3)."""
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
+
+
+def publishable_model(accelerator, model, rebuild: Callable[[], Any], gather: bool | None = None):
+    """The trained model with its full weights and any LoRA merged, on the main process (None on the others;
+    every process must call this). With sharded weights the full state dict is gathered and loaded into
+    `rebuild()`, a fresh model of the same architecture (LoRA applied if the run used it)."""
+    gather = shards_weights(accelerator) if gather is None else gather
+    final = None
+    if gather:
+        state = accelerator.get_state_dict(model)  # a collective: every process takes part
+        if accelerator.is_main_process:
+            final = rebuild()
+            final.load_state_dict(state)
+    elif accelerator.is_main_process:
+        final = accelerator.unwrap_model(model)
+    if final is not None:
+        merge_lora(final)
+    return final

@@ -98,7 +98,7 @@ class OptimConfig:
     lr: float = 5e-4
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max global gradient norm; 0 or less: no clipping
     warmup_steps: int = 50
     # Per-component learning rates and warmups (Molmo pretrains with connector 2e-4, vision 6e-6, LM 2e-5);
     # 0 (lr) or -1 (warmup) means use `lr` / `warmup_steps`.

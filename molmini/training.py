@@ -23,13 +23,13 @@ from accelerate.utils import DistributedType, gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from .checkpointing import STATE_FILE, load_training_state, resolve_resume, save_training_state
+from .checkpointing import STATE_FILE, load_training_state, publishable_model, resolve_resume, save_training_state
 from .config import Config, save_config
 from .cost import CostMeter, peak_flops, run_cost, training_flops
 from .data import Record, RecordError, ShardStream, StreamPosition, find_shards
 from .model import MolminiModel
 from .processor import IGNORE_INDEX
-from .stages import lr_by_component, make_scheduler, merge_lora, param_groups, prepare_stage
+from .stages import apply_lora, lr_by_component, make_scheduler, param_groups, prepare_stage
 from .tokenizer import add_special_tokens, train_bpe_tokenizer
 
 log = logging.getLogger(__name__)
@@ -234,6 +234,16 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
     model = build_model(cfg, train_shards)
     processor = model.processor
     n_params = sum(p.numel() for p in model.parameters())
+    lm_config = model.lm.config.to_dict()
+
+    def rebuild() -> MolminiModel:  # the same architecture, for weights gathered from shards at the end
+        fresh = MolminiModel(cfg.model, processor.tokenizer, max_length=cfg.data.max_length, load_pretrained=False,
+                             saved_lm_config=lm_config)
+        if cfg.train.lora.r > 0:
+            lora = cfg.train.lora
+            apply_lora(fresh, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+        return fresh
+
     trainable = prepare_stage(model, cfg.train, cfg.optim)
 
     state: dict[str, Any] = {}
@@ -296,7 +306,8 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
             tokens_since += float(batch["attention_mask"].sum())
         micro_batches = [{k: v.to(accelerator.device) for k, v in b.items()} for b in micro_batches]
         loss, global_tokens = accumulate_gradients(model, micro_batches, accelerator)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        # grad_clip <= 0: no clipping, but the norm is still measured (and guarded).
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf)
         finite = bool(torch.isfinite(loss)) and (grad_norm is None or bool(torch.isfinite(torch.as_tensor(grad_norm))))
         if finite:
             optimizer.step()
@@ -360,10 +371,9 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
                "total_wall_time_s": cost["wall_time_s"], "gpu_hours": cost["gpu_hours"],
                "energy_kwh": cost["energy_kwh"], "gpu": cost["gpu"], "shards_by_rank": shards_by_rank}
     accelerator.wait_for_everyone()
+    final = publishable_model(accelerator, model, rebuild)
     if accelerator.is_main_process:
         log_file.close()
-        final = accelerator.unwrap_model(model)
-        merge_lora(final)
         final.save_pretrained(run_dir / "checkpoint", training=summary)
         (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         (run_dir / "cost.json").write_text(json.dumps(cost, indent=2))

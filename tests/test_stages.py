@@ -169,3 +169,32 @@ def test_activation_checkpointing_gives_the_same_gradients(tokenizer, model_conf
     assert plain.keys() == recomputed.keys()
     for name in plain:
         torch.testing.assert_close(plain[name], recomputed[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_weights_gathered_from_shards_give_the_same_merged_lora_checkpoint(tokenizer, model_config, tmp_path):
+    from molmini.checkpointing import publishable_model
+    from molmini.stages import apply_lora
+    from molmini.training import make_accelerator
+    accelerator = make_accelerator(tiny_config("train.trackers=[]"))
+
+    def lora_model():
+        torch.manual_seed(0)
+        model = MolminiModel(model_config, tokenizer)
+        apply_lora(model, 4, 8, 0.0, ["q_proj", "v_proj"])
+        return model
+
+    trained = lora_model()
+    with torch.no_grad():  # adapters as training leaves them: B no longer zero
+        for name, p in trained.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    copy = lora_model()
+    copy.load_state_dict(weights(trained))
+    direct = publishable_model(accelerator, accelerator.prepare(trained), lora_model, gather=False)
+    gathered = publishable_model(accelerator, accelerator.prepare(copy), lora_model, gather=True)
+    a, b = weights(direct), weights(gathered)
+    assert a.keys() == b.keys() and not any("lora" in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    torch.manual_seed(0)
+    plain = weights(MolminiModel(model_config, tokenizer))  # the same base weights, no adapters
+    assert not torch.equal(a["lm.model.layers.0.self_attn.q_proj.weight"], plain["lm.model.layers.0.self_attn.q_proj.weight"])
