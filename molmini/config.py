@@ -131,7 +131,7 @@ class TrainConfig:
     log_every: int = 10
     output_dir: str = "runs"
     run_name: str = ""  # empty: a timestamped name
-    # Trackers for accelerate: "wandb" (offline unless WANDB_MODE says otherwise), or none.
+    # Trackers for accelerate: "wandb" (offline unless WANDB_MODE says otherwise), "tensorboard", or none.
     trackers: list[str] = field(default_factory=lambda: ["wandb"])
     project: str = "molmini"
     # Micro-batches per optimizer step: the global batch is batch_size x grad_accum_steps x processes.

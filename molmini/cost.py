@@ -13,15 +13,17 @@ log = logging.getLogger(__name__)
 
 # Dense bf16 tensor-core peak per GPU (vendor data sheets), matched against torch's device name in order.
 PEAK_BF16_FLOPS = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12),
-                   ("L40S", 362e12), ("L4", 121e12)]
+                   ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12)]
+
+
+def peak_flops_by_name(name: str) -> float | None:
+    """The bf16 peak FLOP/s of a GPU named as torch names it ("NVIDIA H100 80GB HBM3"), or None if unknown."""
+    return next((peak for key, peak in PEAK_BF16_FLOPS if key in name), None)
 
 
 def peak_flops(device: torch.device) -> float | None:
     """The bf16 peak of the GPU `device` is on, or None (CPU, or a GPU not in the table)."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16_FLOPS if key in name), None)
+    return peak_flops_by_name(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
 
 def training_flops(num_params: int, tokens: float) -> float:

@@ -122,7 +122,8 @@ def resolve_mixed_precision(setting: str) -> str:
 
 def make_accelerator(cfg: Config) -> Accelerator:
     """An Accelerator logging to the configured trackers: wandb runs offline unless WANDB_MODE says
-    otherwise (e.g. `WANDB_MODE=online` for a logged-in user) and is left out when WANDB_MODE=disabled."""
+    otherwise (e.g. `WANDB_MODE=online` for a logged-in user) and is left out when WANDB_MODE=disabled;
+    tensorboard writes under the run folder."""
     trackers = list(cfg.train.trackers)
     if os.environ.get("WANDB_MODE", "").lower() == "disabled":
         trackers = [t for t in trackers if t != "wandb"]
@@ -133,7 +134,8 @@ def make_accelerator(cfg: Config) -> Accelerator:
     # Several processes without CUDA (e.g. `accelerate launch --multi_gpu` on a CPU host): accelerate only
     # sets up its gloo process group when asked for the CPU explicitly.
     cpu_multiprocess = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(log_with=trackers or None, cpu=cpu_multiprocess,
+    # tensorboard needs a folder now; train() points it at the run folder before the trackers start.
+    return Accelerator(log_with=trackers or None, cpu=cpu_multiprocess, project_dir=cfg.train.output_dir,
                        mixed_precision=resolve_mixed_precision(cfg.train.mixed_precision))
 
 
@@ -273,7 +275,7 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if accelerator.log_with:
-        accelerator.project_configuration.set_directories(str(run_dir))  # tensorboard writes here
+        accelerator.project_configuration.logging_dir = str(run_dir / "tensorboard")
         accelerator.init_trackers(cfg.train.project, config=_flat(cfg.to_dict()),
                                   init_kwargs={"wandb": {"name": run_dir.name, "dir": str(run_dir)}})
     if accelerator.is_main_process:

@@ -43,7 +43,12 @@ def test_run_folder_holds_checkpoint_results_and_log(finished_run):
     for qtype, row in results["per_type"].items():
         assert qtype in stdout and "majority_answer" in row
     assert (work / "data" / "charts" / "train" / "manifest.json").is_file()
-    assert "model-index" in (run_dir / "checkpoint" / "README.md").read_text()
+    card = (run_dir / "checkpoint" / "README.md").read_text()
+    assert "model-index" in card
+    cost = json.loads((run_dir / "cost.json").read_text())  # what training cost, also in the model card
+    assert cost["wall_time_s"] > 0 and cost["gpu_hours"] == 0 and cost["energy_kwh"] is None  # a CPU run
+    assert f"- total_wall_time_s: {cost['wall_time_s']}" in card and "- gpu_hours: 0" in card
+    assert "- energy_kwh: not measured" in card
 
 
 def test_checkpoint_reloads_in_a_new_process_and_reproduces_the_evaluation(finished_run):

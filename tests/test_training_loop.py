@@ -110,3 +110,18 @@ def test_plot_draws_a_runs_curves(toy_shards, tmp_path):
     image = Image.open(tmp_path / "run" / "curves.png")
     assert image.size[0] > 1000 and image.size[1] > 600  # loss, lr, grad norm, samples/s, tokens/s, data wait
     assert main(["plot", str(tmp_path / "missing")]) == 2
+
+
+def test_tensorboard_tracker_records_the_curves_in_the_run_folder(toy_shards, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from molmini.training import train
+    cfg = toy_config(toy_shards, "train.max_steps=2", "train.trackers=[tensorboard]", f"train.output_dir={tmp_path}")
+    train(cfg, tmp_path / "run")
+    events = list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent)).Reload()
+    tags = acc.Tags()["scalars"]
+    for tag in ("loss", "lr_lm", "grad_norm", "tokens_per_s", "data_wait_s"):
+        assert tag in tags, tags
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2]
