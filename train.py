@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     name = [cfg.train.run_name or time.strftime("%Y%m%d-%H%M%S")]
     broadcast_object_list(name)  # every process writes to the main process's run folder
     run_dir = Path(cfg.train.output_dir) / name[0]
+    if args.resume not in ("", "auto") and not cfg.train.run_name:
+        run_dir = Path(args.resume).parent.parent  # RUN/checkpoints/step-N continues in RUN
     try:
         with accelerator.main_process_first():
             prepare_data(cfg)

@@ -148,7 +148,7 @@ class TrainConfig:
     # batches (0: all of it).
     eval_every: int = 0
     eval_batches: int = 8
-    # A step whose loss or gradient norm is not finite is skipped; this many in a row stop the run.
+    # A step whose loss or gradient norm is not finite is skipped; this many in a row stop the run (0: never).
     max_nonfinite_steps: int = 5
     # A checkpoint folder (the previous stage's run/checkpoint) whose weights and tokenizer start this run.
     init_from: str = ""

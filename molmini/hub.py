@@ -58,7 +58,7 @@ def write_model_card(folder: Path, model: Any, eval_results: dict[str, Any] | No
         lines.append("## Training cost\n")
         for k in ("steps", "samples", "wall_time_s", "total_wall_time_s", "device", "num_processes", "gpu",
                   "gpu_hours", "energy_kwh"):
-            if k in training:
+            if k in training and (training[k] is not None or k == "energy_kwh"):
                 value = training[k]
                 lines.append(f"- {k}: {'not measured (no NVML)' if value is None and k == 'energy_kwh' else value}")
         lines.append("")

@@ -105,6 +105,37 @@ class SkipCounter:
         return sum(self.by_worker.values())
 
 
+class IntervalMeter:
+    """Throughput since the last log line: samples and tokens per second over all processes, time spent
+    waiting for the data loader, and on a GPU the MFU estimate and peak memory."""
+
+    def __init__(self, accelerator: Accelerator, num_params: int):
+        self.accelerator, self.num_params = accelerator, num_params
+        self.peak = peak_flops(accelerator.device)
+        self._reset(time.perf_counter())
+
+    def _reset(self, now: float) -> None:
+        self.samples = self.tokens = self.data_wait = 0.0
+        self.since = now
+
+    def add(self, batch: dict[str, torch.Tensor]) -> None:
+        self.samples += batch["input_ids"].shape[0] * self.accelerator.num_processes
+        self.tokens += float(batch["attention_mask"].sum())
+
+    def take(self) -> dict[str, float]:
+        acc, now = self.accelerator, time.perf_counter()
+        seconds = now - self.since
+        tokens = acc.reduce(torch.tensor(self.tokens, device=acc.device), "sum").item()
+        out = {"samples_per_s": round(self.samples / seconds, 2), "tokens_per_s": round(tokens / seconds, 1),
+               "data_wait_s": round(self.data_wait, 3)}
+        if self.peak:
+            out["mfu"] = round(training_flops(self.num_params, tokens) / seconds / (self.peak * acc.num_processes), 4)
+        if acc.device.type == "cuda":
+            out["gpu_mem_gb"] = round(torch.cuda.max_memory_allocated(acc.device) / 2**30, 2)
+        self._reset(now)
+        return out
+
+
 # ---- the loop -------------------------------------------------------------------------------------------
 
 class NonFiniteLossError(RuntimeError):
@@ -287,25 +318,22 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
               + (f", resuming from {resume_from} (step {step})" if resume_from else ""))
 
     skips = SkipCounter()
-    meter = CostMeter(state.get("cost"))
-    peak = peak_flops(accelerator.device)
+    meter, interval = CostMeter(state.get("cost")), IntervalMeter(accelerator, n_params)
     bar = tqdm(total=cfg.train.max_steps, initial=step, disable=not accelerator.is_main_process, desc="train",
                dynamic_ncols=True, mininterval=1.0)
     model.train()
-    start = last = time.perf_counter()
-    samples_since = tokens_since = wait_since = 0.0
+    start = time.perf_counter()
     nonfinite_total, nonfinite_run = state.get("nonfinite_steps", 0), 0
     batches = iter(loader)
     while step < cfg.train.max_steps:
         waited = time.perf_counter()
         micro_batches = [next(batches) for _ in range(accum)]
-        wait_since += time.perf_counter() - waited
+        interval.data_wait += time.perf_counter() - waited
         for batch in micro_batches:
             skips.update(batch.pop("skipped"))
             position.update(batch.pop("position"))
             batch.pop("keys")
-            samples_since += batch["input_ids"].shape[0] * world
-            tokens_since += float(batch["attention_mask"].sum())
+            interval.add(batch)
         micro_batches = [{k: v.to(accelerator.device) for k, v in b.items()} for b in micro_batches]
         loss, global_tokens = accumulate_gradients(model, micro_batches, accelerator)
         # grad_clip <= 0: no clipping, but the norm is still measured (and guarded).
@@ -321,26 +349,16 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        if nonfinite_run >= cfg.train.max_nonfinite_steps:
+        if 0 < cfg.train.max_nonfinite_steps <= nonfinite_run:
             raise NonFiniteLossError(_nonfinite_message(step, nonfinite_run, cfg))
         rec: dict[str, Any] = {}
         if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-            now = time.perf_counter()
-            tokens = accelerator.reduce(torch.tensor(tokens_since, device=accelerator.device), "sum").item()
             rec = {"step": step, "loss": round(loss.item(), 5), "lr": scheduler.get_last_lr()[0],
                    **lr_by_component(optimizer),
                    "grad_norm": round(float(grad_norm), 4) if grad_norm is not None else None,
-                   "samples_per_s": round(samples_since / (now - last), 2),
-                   "tokens_per_s": round(tokens / (now - last), 1),
-                   "data_wait_s": round(wait_since, 3), "elapsed_s": round(now - start, 1),
+                   **interval.take(), "elapsed_s": round(time.perf_counter() - start, 1),
                    "skipped_records": skips.total + state.get("skipped_records", 0),
                    "nonfinite_steps": nonfinite_total}
-            if peak:
-                rec["mfu"] = round(training_flops(n_params, tokens) / (now - last) / (peak * world), 4)
-            if accelerator.device.type == "cuda":
-                rec["gpu_mem_gb"] = round(torch.cuda.max_memory_allocated(accelerator.device) / 2**30, 2)
-            samples_since = tokens_since = wait_since = 0.0
-            last = now
         if eval_loader is not None and (step % cfg.train.eval_every == 0 or step == cfg.train.max_steps):
             rec = {"step": step, **rec, "eval_loss": round(heldout_loss(model, eval_loader, accelerator,
                                                                           cfg.train.eval_batches), 5)}
