@@ -144,8 +144,8 @@ class TrainConfig:
     # checkpoints/step-N (0: none); the last `keep_checkpoints` are kept.
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
-    # Loss on the held-out split (data.test_dir) every N steps (0: never), over at most eval_batches
-    # batches (0: all of it).
+    # Loss on the held-out split (data.test_dir) every N steps (0: never), over the same eval_batches
+    # batches of it on each process every time (a split smaller than that is read again from the start).
     eval_every: int = 0
     eval_batches: int = 8
     # A step whose loss or gradient norm is not finite is skipped; this many in a row stop the run (0: never).

@@ -166,8 +166,11 @@ def make_accelerator(cfg: Config) -> Accelerator:
     # sets up its gloo process group when asked for the CPU explicitly.
     cpu_multiprocess = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     # tensorboard needs a folder now; train() points it at the run folder before the trackers start.
+    # step_scheduler_with_optimizer=False: the schedule counts optimizer steps, once each; accelerate would
+    # otherwise step it once per process per step (it expects a schedule written for one process).
     return Accelerator(log_with=trackers or None, cpu=cpu_multiprocess, project_dir=cfg.train.output_dir,
-                       mixed_precision=resolve_mixed_precision(cfg.train.mixed_precision))
+                       mixed_precision=resolve_mixed_precision(cfg.train.mixed_precision),
+                       step_scheduler_with_optimizer=False)
 
 
 def build_model(cfg: Config, train_shards: list[str]) -> MolminiModel:

@@ -90,6 +90,10 @@ def test_two_process_launch_reads_different_shards_and_writes_one_checkpoint(tmp
     assert len(by_rank) == 2 and by_rank[0] and by_rank[1] and not set(by_rank[0]) & set(by_rank[1])
     assert list(tmp_path.joinpath("runs").iterdir()) == [run_dir]
     assert (run_dir / "checkpoint" / "model.safetensors").is_file()
+    # The schedule advances once per optimizer step, however many processes there are.
+    from molmini.stages import warmup_cosine
+    log = [json.loads(l) for l in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in log] == pytest.approx([5e-4 * warmup_cosine(2, 12)(r["step"]) for r in log])
 
 
 def test_training_counts_and_skips_a_corrupt_image_without_stopping(tmp_path):
