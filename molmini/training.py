@@ -239,6 +239,10 @@ def _merged_position(accelerator: Accelerator, position: StreamPosition) -> dict
     return merged
 
 
+def _all_processes(accelerator: Accelerator, count: int) -> int:
+    return int(accelerator.reduce(torch.tensor(count, device=accelerator.device), "sum").item())
+
+
 def _nonfinite_message(step: int, count: int, cfg: Config) -> str:
     return (f"the loss or gradient norm was not finite for {count} steps in a row (steps {step - count + 1} to "
             f"{step}; train.max_nonfinite_steps={cfg.train.max_nonfinite_steps}), so training stopped. Try a "
@@ -376,13 +380,12 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
             costs = meter.totals()
             save_training_state(accelerator, run_dir, step, {
                 "data_position": _merged_position(accelerator, position), "nonfinite_steps": nonfinite_total,
-                "skipped_records": skips.total + state.get("skipped_records", 0),
+                "skipped_records": _all_processes(accelerator, skips.total) + state.get("skipped_records", 0),
                 "cost": {"wall_time_s": costs["wall_time_s"], "energy_kwh": costs["energy_kwh"]}},
                 keep=cfg.train.keep_checkpoints)
     bar.close()
     wall = time.perf_counter() - start
-    skipped_total = int(accelerator.reduce(torch.tensor(skips.total, device=accelerator.device), "sum").item())
-    skipped_total += state.get("skipped_records", 0)
+    skipped_total = _all_processes(accelerator, skips.total) + state.get("skipped_records", 0)
     if skipped_total:
         log.warning("skipped %d unreadable records during training (see the warnings above for their keys)",
                     skipped_total)
