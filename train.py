@@ -2,7 +2,8 @@
 
 The default run creates the synthetic chart data when its folders are empty, trains, evaluates the saved
 checkpoint on the held-out split and writes everything to runs/<name>/. Multi-process:
-`accelerate launch --multi_gpu --num_processes 2 train.py ...`.
+`accelerate launch --multi_gpu --num_processes 2 train.py ...`; resume a run with
+`python train.py ... train.run_name=NAME --resume auto`.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from molmini.config import Config, ConfigError, load_config
 from molmini.data import find_shards
 from molmini.hub import write_model_card
 from molmini.model import MolminiModel
-from molmini.training import make_accelerator, train
+from molmini.training import NonFiniteLossError, make_accelerator, train
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: configs/default.yaml)")
     ap.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation after training")
+    ap.add_argument("--resume", default="", metavar="auto|PATH",
+                    help="continue a run: `auto` takes the latest complete checkpoint of the run folder (needs "
+                         "train.run_name; starts fresh when there is none), or give a checkpoints/step-N folder")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 train.max_steps=100")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -52,10 +56,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    if args.resume == "auto" and not cfg.train.run_name:
+        print("error: --resume auto continues the run folder named by train.run_name; pass "
+              "train.run_name=NAME (the same as the run to continue)", file=sys.stderr)
+        return 2
     accelerator = make_accelerator(cfg)
     name = [cfg.train.run_name or time.strftime("%Y%m%d-%H%M%S")]
     broadcast_object_list(name)  # every process writes to the main process's run folder
     run_dir = Path(cfg.train.output_dir) / name[0]
+    if args.resume not in ("", "auto") and not cfg.train.run_name:
+        run_dir = Path(args.resume).parent.parent  # RUN/checkpoints/step-N continues in RUN
     try:
         with accelerator.main_process_first():
             prepare_data(cfg)
@@ -63,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    summary = train(cfg, run_dir, accelerator)
+    try:
+        summary = train(cfg, run_dir, accelerator, resume=args.resume)
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if accelerator.is_main_process and not args.no_eval:
         from eval.heldout import evaluate, format_table, write_results
         checkpoint = run_dir / "checkpoint"

@@ -105,6 +105,8 @@ class DataConfig:
     num_workers: int = 1
     # Chance that a record's meta.transcript is trained on as one more exchange (see molmini.training).
     transcript_prob: float = 0.0
+    # False: train on each record's meta.transcript alone (caption pretraining).
+    train_questions: bool = True
     max_length: int = 256
     # A weighted mixture of shard folders, e.g. [{dir: data/charts, weight: 0.7}, {dir: data/docs, weight: 0.3}];
     # molmini.data.mixture_sources checks it and MixtureStream reads it. Empty: train_dir alone.
@@ -116,8 +118,29 @@ class OptimConfig:
     lr: float = 5e-4
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max global gradient norm; 0 or less: no clipping
     warmup_steps: int = 50
+    # Per-component learning rates and warmups (Molmo pretrains with connector 2e-4, vision 6e-6, LM 2e-5);
+    # 0 (lr) or -1 (warmup) means use `lr` / `warmup_steps`.
+    lr_vision: float = 0.0
+    lr_connector: float = 0.0
+    lr_lm: float = 0.0
+    warmup_vision: int = -1
+    warmup_connector: int = -1
+    warmup_lm: int = -1
+    # Components left out of training (of vision, connector, lm): their weights stay bit-identical and
+    # they are not in the optimizer. Connector alignment freezes [vision, lm].
+    freeze: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters on the language model through peft; r=0 trains the LM's own weights instead. The
+    adapters are merged into the LM before the checkpoint is saved, so it loads without peft."""
+    r: int = 0
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
 @dataclass
@@ -128,9 +151,28 @@ class TrainConfig:
     log_every: int = 10
     output_dir: str = "runs"
     run_name: str = ""  # empty: a timestamped name
-    # Trackers for accelerate: "wandb" (offline unless WANDB_MODE says otherwise), or none.
+    # Trackers for accelerate: "wandb" (offline unless WANDB_MODE says otherwise), "tensorboard", or none.
     trackers: list[str] = field(default_factory=lambda: ["wandb"])
     project: str = "molmini"
+    # Micro-batches per optimizer step: the global batch is batch_size x grad_accum_steps x processes.
+    grad_accum_steps: int = 1
+    # no, bf16 or fp16; auto: what `accelerate launch` was told, else bf16 on a GPU that has it, else no.
+    mixed_precision: str = "auto"
+    # Recompute the activations of the vision tower's and the LM's blocks in the backward pass.
+    gradient_checkpointing: bool = False
+    # Training state (model, optimizer, scheduler, RNG, data position) every N steps under
+    # checkpoints/step-N (0: none); the last `keep_checkpoints` are kept.
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    # Loss on the held-out split (data.test_dir) every N steps (0: never), over the same eval_batches
+    # batches of it on each process every time (a split smaller than that is read again from the start).
+    eval_every: int = 0
+    eval_batches: int = 8
+    # A step whose loss or gradient norm is not finite is skipped; this many in a row stop the run (0: never).
+    max_nonfinite_steps: int = 5
+    # A checkpoint folder (the previous stage's run/checkpoint) whose weights and tokenizer start this run.
+    init_from: str = ""
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass

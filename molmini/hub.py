@@ -76,9 +76,11 @@ def write_model_card(folder: Path, model: Any, eval_results: dict[str, Any] | No
         lines.append(f"| overall | {o['n']} | {100 * o['relaxed_accuracy']:.1f} | {100 * o['majority_baseline']:.1f} |\n")
     if training:
         lines.append("## Training cost\n")
-        for k in ("steps", "samples", "wall_time_s", "device", "num_processes"):
-            if k in training:
-                lines.append(f"- {k}: {training[k]}")
+        for k in ("steps", "samples", "wall_time_s", "total_wall_time_s", "device", "num_processes", "gpu",
+                  "gpu_hours", "energy_kwh"):
+            if k in training and (training[k] is not None or k == "energy_kwh"):
+                value = training[k]
+                lines.append(f"- {k}: {'not measured (no NVML)' if value is None and k == 'energy_kwh' else value}")
         lines.append("")
     front = yaml.safe_dump(meta, sort_keys=False)
     (folder / "README.md").write_text(f"---\n{front}---\n\n" + "\n".join(lines))

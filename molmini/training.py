@@ -1,7 +1,11 @@
-"""The training loop on accelerate: AdamW, warmup + cosine, gradient clipping, loss over the global batch's
-loss tokens, a progress bar, wandb through accelerate's trackers, and a checkpoint at the end."""
+"""The training loop on accelerate: AdamW with per-component learning rates, warmup + cosine, gradient
+accumulation and clipping, loss over the global batch's loss tokens, a guard against non-finite steps,
+held-out loss, exact resume, a progress bar, metrics through accelerate's trackers, and a checkpoint at
+the end. What a stage trains is in molmini.stages, saving and resuming in molmini.checkpointing, what the
+run costs in molmini.cost."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -15,13 +19,17 @@ from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import DistributedType, gather_object, set_seed
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
+from transformers import AutoTokenizer
 
+from .checkpointing import STATE_FILE, load_training_state, publishable_model, resolve_resume, save_training_state
 from .config import Config, save_config
-from .data import Record, ShardStream, find_shards
+from .cost import CostMeter, peak_flops, run_cost, training_flops
+from .data import Record, RecordError, ShardStream, StreamPosition, find_shards
 from .model import MolminiModel
+from .processor import IGNORE_INDEX
+from .stages import apply_lora, lr_by_component, make_scheduler, param_groups, prepare_stage
 from .tokenizer import add_special_tokens, train_bpe_tokenizer
 
 log = logging.getLogger(__name__)
@@ -48,7 +56,7 @@ def iter_shard_texts(shards: list[str], transcripts: bool = False) -> Iterator[s
 def build_tokenizer(cfg: Config, train_shards: list[str]):
     if cfg.model.lm.name_or_path:
         return add_special_tokens(AutoTokenizer.from_pretrained(cfg.model.lm.name_or_path))
-    texts = iter_shard_texts(train_shards, transcripts=cfg.data.transcript_prob > 0)
+    texts = iter_shard_texts(train_shards, transcripts=cfg.data.transcript_prob > 0 or not cfg.data.train_questions)
     return train_bpe_tokenizer(texts, cfg.model.tokenizer.vocab_size)
 
 
@@ -57,17 +65,23 @@ def build_tokenizer(cfg: Config, train_shards: list[str]):
 TRANSCRIBE_PROMPT = "Transcribe the text of this image."
 
 
-def training_transform(processor, transcript_prob: float = 0.0):
+def training_transform(processor, transcript_prob: float = 0.0, questions: bool = True):
     """Record -> model inputs; the order of a record's question/answer pairs is shuffled each time it is
     seen, so every question type is learned both as the first turn and after others. With probability
     `transcript_prob` a record's `meta.transcript` joins as a last exchange: dense supervision on what
-    the image shows, which is what teaches a from-scratch model to read (shared reference)."""
+    the image shows, which is what teaches a from-scratch model to read (shared reference).
+    `questions=False` trains on the transcript alone, every time: caption pretraining."""
 
     def transform(record: Record, rng: random.Random) -> dict[str, Any]:
         pairs = [record.messages[i:i + 2] for i in range(0, len(record.messages) - 1, 2)]
         rng.shuffle(pairs)
         transcript = record.meta.get("transcript")
-        if transcript and rng.random() < transcript_prob:
+        if not questions:
+            if not transcript:
+                raise RecordError(f"record {record.key!r} has no meta.transcript to caption-train on "
+                                  "(data.train_questions=false)")
+            pairs = []
+        if transcript and (not questions or rng.random() < transcript_prob):
             # Last, so no question can copy its answer from the transcript (there is none at test time).
             pairs.append([{"role": "user", "content": TRANSCRIBE_PROMPT},
                           {"role": "assistant", "content": transcript}])
@@ -91,123 +105,317 @@ class SkipCounter:
         return sum(self.by_worker.values())
 
 
+class IntervalMeter:
+    """Throughput since the last log line: samples and tokens per second over all processes, time spent
+    waiting for the data loader, and on a GPU the MFU estimate and peak memory."""
+
+    def __init__(self, accelerator: Accelerator, num_params: int):
+        self.accelerator, self.num_params = accelerator, num_params
+        self.peak = peak_flops(accelerator.device)
+        self._reset(time.perf_counter())
+
+    def _reset(self, now: float) -> None:
+        self.samples = self.tokens = self.data_wait = 0.0
+        self.since = now
+
+    def add(self, batch: dict[str, torch.Tensor]) -> None:
+        self.samples += batch["input_ids"].shape[0] * self.accelerator.num_processes
+        self.tokens += float(batch["attention_mask"].sum())
+
+    def take(self) -> dict[str, float]:
+        acc, now = self.accelerator, time.perf_counter()
+        seconds = now - self.since
+        tokens = acc.reduce(torch.tensor(self.tokens, device=acc.device), "sum").item()
+        out = {"samples_per_s": round(self.samples / seconds, 2), "tokens_per_s": round(tokens / seconds, 1),
+               "data_wait_s": round(self.data_wait, 3)}
+        if self.peak:
+            out["mfu"] = round(training_flops(self.num_params, tokens) / seconds / (self.peak * acc.num_processes), 4)
+        if acc.device.type == "cuda":
+            out["gpu_mem_gb"] = round(torch.cuda.max_memory_allocated(acc.device) / 2**30, 2)
+        self._reset(now)
+        return out
+
+
 # ---- the loop -------------------------------------------------------------------------------------------
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "embed" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+class NonFiniteLossError(RuntimeError):
+    """Training stopped after too many consecutive steps with a non-finite loss or gradient norm."""
+
+
+def resolve_mixed_precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")  # set by `accelerate launch` / its config file
+    if launched:
+        return launched
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
     """An Accelerator logging to the configured trackers: wandb runs offline unless WANDB_MODE says
-    otherwise (e.g. `WANDB_MODE=online` for a logged-in user) and is left out when WANDB_MODE=disabled."""
+    otherwise (e.g. `WANDB_MODE=online` for a logged-in user) and is left out when WANDB_MODE=disabled;
+    tensorboard writes under the run folder."""
     trackers = list(cfg.train.trackers)
     if os.environ.get("WANDB_MODE", "").lower() == "disabled":
         trackers = [t for t in trackers if t != "wandb"]
     elif "wandb" in trackers:
         os.environ.setdefault("WANDB_MODE", "offline")
+    if cfg.train.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+        raise ValueError(f"train.mixed_precision {cfg.train.mixed_precision!r} is not one of auto, no, bf16, fp16")
     # Several processes without CUDA (e.g. `accelerate launch --multi_gpu` on a CPU host): accelerate only
     # sets up its gloo process group when asked for the CPU explicitly.
     cpu_multiprocess = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(log_with=trackers or None, cpu=cpu_multiprocess)
+    # tensorboard needs a folder now; train() points it at the run folder before the trackers start.
+    # step_scheduler_with_optimizer=False: the schedule counts optimizer steps, once each; accelerate would
+    # otherwise step it once per process per step (it expects a schedule written for one process).
+    return Accelerator(log_with=trackers or None, cpu=cpu_multiprocess, project_dir=cfg.train.output_dir,
+                       mixed_precision=resolve_mixed_precision(cfg.train.mixed_precision),
+                       step_scheduler_with_optimizer=False)
 
 
-def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None) -> dict[str, Any]:
-    """Train per `cfg`; writes the checkpoint to `run_dir/checkpoint` and returns a summary."""
+def build_model(cfg: Config, train_shards: list[str]) -> MolminiModel:
+    """The previous stage's checkpoint (train.init_from), or a new model with a tokenizer for this data."""
+    if cfg.train.init_from:
+        model = MolminiModel.from_pretrained(cfg.train.init_from)
+        model.processor.config.max_length = cfg.data.max_length
+        cfg.model = model.config  # the checkpoint defines the model; the run's config.yaml says so
+        return model.train()
+    tokenizer = build_tokenizer(cfg, train_shards)
+    return MolminiModel(cfg.model, tokenizer, max_length=cfg.data.max_length)
+
+
+def make_loader(shards: list[str], processor, cfg: Config, rank: int, world: int, workers: int, *,
+                shuffle: bool, resume: StreamPosition | None = None) -> torch.utils.data.DataLoader:
+    stream = ShardStream(shards, training_transform(processor, cfg.data.transcript_prob, cfg.data.train_questions),
+                         shuffle_buffer=cfg.data.shuffle_buffer if shuffle else 0, seed=cfg.train.seed,
+                         endless=True, rank=rank, world_size=world, resume=resume)
+    collate = lambda s: {**processor.collate(s), "skipped": [x["skipped"] for x in s],  # noqa: E731
+                         "position": [x["position"] for x in s]}
+    return torch.utils.data.DataLoader(stream, batch_size=cfg.train.batch_size, num_workers=workers,
+                                       collate_fn=collate, persistent_workers=workers > 0)
+
+
+def accumulate_gradients(model, micro_batches: list[dict[str, torch.Tensor]], accelerator: Accelerator
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward over one optimizer step's micro-batches with the loss divided by the number of loss tokens
+    in the global batch (all processes, all micro-batches), so every answer token weighs the same however
+    the batch is split. Returns the global mean loss and that token count."""
+    local_tokens = sum((b["labels"][:, 1:] != IGNORE_INDEX).sum() for b in micro_batches)
+    global_tokens = accelerator.reduce(local_tokens.detach().float(), "sum").clamp(min=1)
+    loss_sum = torch.zeros((), device=accelerator.device)
+    for i, batch in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        # Gradients are synchronised once, after the last micro-batch.
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            out = model(**batch)
+            # DDP averages gradients over processes, so scale by their count to get the global-batch mean.
+            accelerator.backward(out["loss_sum"] * accelerator.num_processes / global_tokens)
+        loss_sum += out["loss_sum"].detach().float()
+    return accelerator.reduce(loss_sum, "sum") / global_tokens, global_tokens
+
+
+@torch.no_grad()
+def heldout_loss(model, loader, accelerator: Accelerator, batches: int) -> float:
+    """Mean loss per answer token over `batches` batches of the held-out split on every process."""
+    model.eval()
+    loss_sum = torch.zeros((), device=accelerator.device)
+    tokens = torch.zeros((), device=accelerator.device)
+    it = iter(loader)
+    for _ in range(batches):
+        batch = next(it)
+        batch = {k: v.to(accelerator.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        out = model(**batch)
+        loss_sum += out["loss_sum"].float()
+        tokens += out["num_loss_tokens"].float()
+    model.train()
+    return (accelerator.reduce(loss_sum, "sum") / accelerator.reduce(tokens, "sum").clamp(min=1)).item()
+
+
+def _merged_position(accelerator: Accelerator, position: StreamPosition) -> dict[str, Any]:
+    """One StreamPosition for all processes (their keys are rank/worker, so they merge without clashing)."""
+    merged = position.to_dict()
+    for other in gather_object([position.to_dict()]):
+        merged["next_positions"].update(other["next_positions"])
+    return merged
+
+
+def _all_processes(accelerator: Accelerator, count: int) -> int:
+    return int(accelerator.reduce(torch.tensor(count, device=accelerator.device), "sum").item())
+
+
+def _nonfinite_message(step: int, count: int, cfg: Config) -> str:
+    return (f"the loss or gradient norm was not finite for {count} steps in a row (steps {step - count + 1} to "
+            f"{step}; train.max_nonfinite_steps={cfg.train.max_nonfinite_steps}), so training stopped. Try a "
+            f"lower learning rate (optim.lr={cfg.optim.lr:g}) or a longer warmup, check the data read around "
+            "these steps, or train in full precision (train.mixed_precision=no) if this ran in bf16/fp16; "
+            "`--resume auto` continues from the last checkpoint")
+
+
+def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, resume: str = "") -> dict[str, Any]:
+    """Train per `cfg`; writes the checkpoint to `run_dir/checkpoint` and returns a summary. `resume`:
+    `auto` (the latest complete checkpoint of this run folder, if any) or a checkpoints/step-N folder."""
     accelerator = accelerator or make_accelerator(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
+    accum = cfg.train.grad_accum_steps
+    if accum < 1:
+        raise ValueError(f"train.grad_accum_steps must be at least 1, got {accum}")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and accum > 1:
+        raise ValueError("with DeepSpeed, set gradient_accumulation_steps in the DeepSpeed config and keep "
+                         "train.grad_accum_steps=1 (DeepSpeed steps the optimizer inside backward)")
     if accelerator.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Share the cores between processes instead of oversubscribing them (OMP_NUM_THREADS overrides).
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
     set_seed(cfg.train.seed)
     run_dir = Path(run_dir)
     train_shards = find_shards(cfg.data.train_dir)
+    resume_from = resolve_resume(run_dir, resume)
 
     # Tokenizer and model are built identically on every process (same seed, same text).
-    tokenizer = build_tokenizer(cfg, train_shards)
-    model = MolminiModel(cfg.model, tokenizer, max_length=cfg.data.max_length)
+    model = build_model(cfg, train_shards)
     processor = model.processor
     n_params = sum(p.numel() for p in model.parameters())
+    lm_config = model.lm.config.to_dict()
 
+    def rebuild() -> MolminiModel:  # the same architecture, for weights gathered from shards at the end
+        fresh = MolminiModel(cfg.model, processor.tokenizer, max_length=cfg.data.max_length, load_pretrained=False,
+                             saved_lm_config=lm_config)
+        if cfg.train.lora.r > 0:
+            lora = cfg.train.lora
+            apply_lora(fresh, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+        return fresh
+
+    trainable = prepare_stage(model, cfg.train, cfg.optim)
+
+    state: dict[str, Any] = {}
+    if resume_from is not None:
+        state = json.loads((resume_from / STATE_FILE).read_text())
     workers = min(cfg.data.num_workers, len(train_shards) // world)
-    stream = ShardStream(train_shards, training_transform(processor, cfg.data.transcript_prob), shuffle_buffer=cfg.data.shuffle_buffer,
-                         seed=cfg.train.seed, endless=True, rank=rank, world_size=world)
-    loader = torch.utils.data.DataLoader(stream, batch_size=cfg.train.batch_size, num_workers=workers,
-                                         collate_fn=lambda s: {**processor.collate(s), "skipped": [x["skipped"] for x in s]},
-                                         persistent_workers=workers > 0)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                                  betas=tuple(cfg.optim.betas))
-    scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.optim.warmup_steps, cfg.train.max_steps)
+    position = StreamPosition.from_dict(state["data_position"]) if state else \
+        StreamPosition(workers=max(workers, 1), world_size=world, seed=cfg.train.seed)
     # The loader is not prepared: the stream already splits shards by process, so each reads its own.
+    loader = make_loader(train_shards, processor, cfg, rank, world, workers, shuffle=True,
+                         resume=StreamPosition.from_dict(position.to_dict()) if state else None)
+    eval_loader = None
+    if cfg.train.eval_every > 0:
+        if cfg.train.eval_batches < 1:
+            raise ValueError(f"train.eval_batches must be at least 1 when train.eval_every is set, got "
+                             f"{cfg.train.eval_batches}")
+        test_shards = find_shards(cfg.data.test_dir)
+        split = len(test_shards) >= world  # else every process evaluates the same records
+        eval_loader = make_loader(test_shards, processor, cfg, rank if split else 0, world if split else 1, 0,
+                                  shuffle=False)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+    scheduler = make_scheduler(optimizer, cfg.train.max_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if resume_from is not None:
+        load_training_state(accelerator, resume_from)  # model, optimizer, scheduler, RNG of this process
+    step = state.get("step", 0)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if accelerator.log_with:
+        accelerator.project_configuration.logging_dir = str(run_dir / "tensorboard")
         accelerator.init_trackers(cfg.train.project, config=_flat(cfg.to_dict()),
                                   init_kwargs={"wandb": {"name": run_dir.name, "dir": str(run_dir)}})
     if accelerator.is_main_process:
         save_config(cfg, run_dir / "config.yaml")
-        log_file = open(run_dir / "train_log.jsonl", "w")
-        print(f"training {n_params / 1e6:.2f}M parameters on {world} process(es), device {accelerator.device}, "
-              f"{len(train_shards)} shards, batch {cfg.train.batch_size} per process, {cfg.train.max_steps} steps")
+        log_file = _open_log(run_dir / "train_log.jsonl", keep_until=step)
+        print(f"training {n_params / 1e6:.2f}M parameters ({', '.join(f'{k} {v / 1e6:.2f}M' for k, v in trainable.items())} "
+              f"trainable) on {world} process(es), device {accelerator.device}, {len(train_shards)} shards, batch "
+              f"{cfg.train.batch_size} x {accum} accumulation per process, {cfg.train.max_steps} steps"
+              + (f", resuming from {resume_from} (step {step})" if resume_from else ""))
 
     skips = SkipCounter()
-    bar = tqdm(total=cfg.train.max_steps, disable=not accelerator.is_main_process, desc="train", dynamic_ncols=True,
-               mininterval=1.0)
+    meter, interval = CostMeter(state.get("cost")), IntervalMeter(accelerator, n_params)
+    bar = tqdm(total=cfg.train.max_steps, initial=step, disable=not accelerator.is_main_process, desc="train",
+               dynamic_ncols=True, mininterval=1.0)
     model.train()
-    start = last = time.perf_counter()
-    samples_since, step, batches = 0, 0, iter(loader)
+    start = time.perf_counter()
+    nonfinite_total, nonfinite_run = state.get("nonfinite_steps", 0), 0
+    batches = iter(loader)
     while step < cfg.train.max_steps:
-        batch = next(batches)
-        skips.update(batch.pop("skipped"))
-        batch.pop("keys")
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        out = model(**batch)
-        # Sum of token losses over the global batch's loss-token count; DDP averages gradients over
-        # processes, so scale by the process count to get the global-batch mean.
-        global_tokens = accelerator.reduce(out["num_loss_tokens"].detach().float(), "sum").clamp(min=1)
-        loss = out["loss_sum"] * world / global_tokens
-        accelerator.backward(loss)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
+        waited = time.perf_counter()
+        micro_batches = [next(batches) for _ in range(accum)]
+        interval.data_wait += time.perf_counter() - waited
+        for batch in micro_batches:
+            skips.update(batch.pop("skipped"))
+            position.update(batch.pop("position"))
+            batch.pop("keys")
+            interval.add(batch)
+        micro_batches = [{k: v.to(accelerator.device) for k, v in b.items()} for b in micro_batches]
+        loss, global_tokens = accumulate_gradients(model, micro_batches, accelerator)
+        # grad_clip <= 0: no clipping, but the norm is still measured (and guarded).
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf)
+        finite = bool(torch.isfinite(loss)) and (grad_norm is None or bool(torch.isfinite(torch.as_tensor(grad_norm))))
+        if finite:
+            optimizer.step()
+            nonfinite_run = 0
+        else:  # the update would write NaN/inf into the weights: skip it, keep the schedule going
+            nonfinite_total += 1
+            nonfinite_run += 1
+            log.warning("step %d: loss %s, gradient norm %s; update skipped", step + 1, loss.item(), grad_norm)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        samples_since += batch["input_ids"].shape[0] * world
+        if 0 < cfg.train.max_nonfinite_steps <= nonfinite_run:
+            raise NonFiniteLossError(_nonfinite_message(step, nonfinite_run, cfg))
+        rec: dict[str, Any] = {}
         if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-            now = time.perf_counter()
-            global_loss = accelerator.reduce(out["loss_sum"].detach(), "sum").item() / global_tokens.item()
-            rec = {"step": step, "loss": round(global_loss, 5), "lr": scheduler.get_last_lr()[0],
-                   "grad_norm": round(float(grad_norm), 4), "samples_per_s": round(samples_since / (now - last), 2),
-                   "elapsed_s": round(now - start, 1), "skipped_records": skips.total}
-            samples_since, last = 0, now
+            rec = {"step": step, "loss": round(loss.item(), 5), "lr": scheduler.get_last_lr()[0],
+                   **lr_by_component(optimizer),
+                   "grad_norm": round(float(grad_norm), 4) if grad_norm is not None else None,
+                   **interval.take(), "elapsed_s": round(time.perf_counter() - start, 1),
+                   "skipped_records": skips.total + state.get("skipped_records", 0),
+                   "nonfinite_steps": nonfinite_total}
+        if eval_loader is not None and (step % cfg.train.eval_every == 0 or step == cfg.train.max_steps):
+            rec = {"step": step, **rec, "eval_loss": round(heldout_loss(model, eval_loader, accelerator,
+                                                                          cfg.train.eval_batches), 5)}
+        if rec:
             accelerator.log(rec, step=step)
             if accelerator.is_main_process:
                 log_file.write(json.dumps(rec) + "\n")
                 log_file.flush()
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", samples_s=f"{rec['samples_per_s']:.1f}")
+                bar.set_postfix(loss=f"{rec.get('loss', loss.item()):.3f}", samples_s=f"{rec.get('samples_per_s', 0):.1f}")
         bar.update(1)
+        if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < cfg.train.max_steps:
+            costs = meter.totals()
+            save_training_state(accelerator, run_dir, step, {
+                "data_position": _merged_position(accelerator, position), "nonfinite_steps": nonfinite_total,
+                "skipped_records": _all_processes(accelerator, skips.total) + state.get("skipped_records", 0),
+                "cost": {"wall_time_s": costs["wall_time_s"], "energy_kwh": costs["energy_kwh"]}},
+                keep=cfg.train.keep_checkpoints)
     bar.close()
     wall = time.perf_counter() - start
-    skipped_total = int(accelerator.reduce(torch.tensor(skips.total, device=accelerator.device), "sum").item())
+    skipped_total = _all_processes(accelerator, skips.total) + state.get("skipped_records", 0)
     if skipped_total:
         log.warning("skipped %d unreadable records during training (see the warnings above for their keys)",
                     skipped_total)
-    shards_by_rank = gather_object([stream.rank_shards()])
-    summary = {"steps": step, "samples": step * cfg.train.batch_size * world, "wall_time_s": round(wall, 1),
+    shards_by_rank = gather_object([loader.dataset.rank_shards()])
+    cost = run_cost(accelerator, meter)
+    summary = {"steps": step, "samples": step * cfg.train.batch_size * accum * world, "wall_time_s": round(wall, 1),
                "device": str(accelerator.device.type), "num_processes": world, "parameters": n_params,
-               "skipped_records": skipped_total, "shards_by_rank": shards_by_rank}
+               "trainable_parameters": trainable, "skipped_records": skipped_total, "nonfinite_steps": nonfinite_total,
+               "total_wall_time_s": cost["wall_time_s"], "gpu_hours": cost["gpu_hours"],
+               "energy_kwh": cost["energy_kwh"], "gpu": cost["gpu"], "shards_by_rank": shards_by_rank}
     accelerator.wait_for_everyone()
+    final = publishable_model(accelerator, model, rebuild)
     if accelerator.is_main_process:
         log_file.close()
-        accelerator.unwrap_model(model).save_pretrained(run_dir / "checkpoint", training=summary)
+        final.save_pretrained(run_dir / "checkpoint", training=summary)
         (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        (run_dir / "cost.json").write_text(json.dumps(cost, indent=2))
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes the trackers (and, in recent accelerate, the process group)
     return summary
+
+
+def _open_log(path: Path, keep_until: int):
+    """The log for appending; on a resume, lines past the resumed step (written after the checkpoint by
+    the interrupted run) are dropped so the log reads as one run."""
+    kept = []
+    if keep_until and path.is_file():
+        kept = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= keep_until]
+    path.write_text("".join(l + "\n" for l in kept))
+    return open(path, "a")
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -43,7 +43,12 @@ def test_run_folder_holds_checkpoint_results_and_log(finished_run):
     for qtype, row in results["per_type"].items():
         assert qtype in stdout and "majority_answer" in row
     assert (work / "data" / "charts" / "train" / "manifest.json").is_file()
-    assert "model-index" in (run_dir / "checkpoint" / "README.md").read_text()
+    card = (run_dir / "checkpoint" / "README.md").read_text()
+    assert "model-index" in card
+    cost = json.loads((run_dir / "cost.json").read_text())  # what training cost, also in the model card
+    assert cost["wall_time_s"] > 0 and cost["gpu_hours"] == 0 and cost["energy_kwh"] is None  # a CPU run
+    assert f"- total_wall_time_s: {cost['wall_time_s']}" in card and "- gpu_hours: 0" in card
+    assert "- energy_kwh: not measured" in card
 
 
 def test_checkpoint_reloads_in_a_new_process_and_reproduces_the_evaluation(finished_run):
@@ -85,6 +90,10 @@ def test_two_process_launch_reads_different_shards_and_writes_one_checkpoint(tmp
     assert len(by_rank) == 2 and by_rank[0] and by_rank[1] and not set(by_rank[0]) & set(by_rank[1])
     assert list(tmp_path.joinpath("runs").iterdir()) == [run_dir]
     assert (run_dir / "checkpoint" / "model.safetensors").is_file()
+    # The schedule advances once per optimizer step, however many processes there are.
+    from molmini.stages import warmup_cosine
+    log = [json.loads(l) for l in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in log] == pytest.approx([5e-4 * warmup_cosine(2, 12)(r["step"]) for r in log])
 
 
 def test_training_counts_and_skips_a_corrupt_image_without_stopping(tmp_path):
