@@ -103,3 +103,33 @@ def test_preset_keys_can_be_overridden():
     cfg = load_config(None, ["model.preset=clip-l14-336-qwen2.5-1.5b", "model.image.max_crops=4"])
     assert cfg.model.vision.model_name == "ViT-L-14-336" and cfg.model.image.max_crops == 4
     assert cfg.model.lm.name_or_path == "Qwen/Qwen2.5-1.5B-Instruct"
+
+
+def test_a_preset_trains_and_evaluates_through_train_py(tmp_path):
+    """The preset's config file, pointed at stand-in backbones, through the real command line: pretrained
+    weights load, conversations use the LM's chat template, a checkpoint is written and evaluated."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from data_pipelines.synth.charts import synthesize
+    synthesize(tmp_path / "train", 16, 0, split="train", image_px=48, shard_size=16, progress=False)
+    synthesize(tmp_path / "test", 4, 1, split="test", image_px=48, shard_size=4, progress=False)
+    overrides = stand_in_overrides("siglip-b16-smollm2-135m", tmp_path) + [
+        f"data.train_dir={tmp_path / 'train'}", f"data.test_dir={tmp_path / 'test'}", "data.synth=null",
+        "data.num_workers=0", "data.shuffle_buffer=8", "train.max_steps=2", "train.batch_size=4",
+        "train.log_every=1", "train.trackers=[]", "train.checkpoint_every=0", "train.eval_every=0",
+        f"train.output_dir={tmp_path / 'runs'}", "train.run_name=preset", "train.mixed_precision=no",
+        "eval.max_items=4", "eval.batch_size=4", "model.image.max_crops=2"]
+    out = subprocess.run([sys.executable, "train.py", "--config", "configs/siglip-b16-smollm2-135m.yaml", *overrides],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "runs" / "preset"
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and all(r["loss"] > 0 for r in log)
+    assert set(log[0]) >= {"lr_connector", "lr_vision", "lr_lm"}
+    model = MolminiModel.from_pretrained(run / "checkpoint")
+    assert model.config.multi_annotation == "masked" and model.config.vision.model_name == "ViT-B-16-SigLIP"
+    assert model.processor.chat.assistant_suffix == "<|im_end|>\n"
+    assert json.loads((run / "eval_results.json").read_text())["overall"]["n"] == 4
