@@ -294,6 +294,10 @@ class MixtureStream(torch.utils.data.IterableDataset):
         total = sum(self.weights)
         self._cumulative = [sum(self.weights[:i + 1]) / total for i in range(len(self.weights))]
 
+    def rank_shards(self) -> list[str]:
+        """The shards this process reads, over all sets."""
+        return [s for stream in self.streams for s in stream.rank_shards()]
+
     def choose(self, wid: int, position: int) -> int:
         """The set the sample at this mixture position comes from (a function of the position alone)."""
         u = random.Random(f"{self.seed}-mix-{self.rank}-{wid}-{position}").random()

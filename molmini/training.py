@@ -26,7 +26,7 @@ from transformers import AutoTokenizer
 from .checkpointing import STATE_FILE, load_training_state, publishable_model, resolve_resume, save_training_state
 from .config import Config, save_config
 from .cost import CostMeter, peak_flops, run_cost, training_flops
-from .data import Record, RecordError, ShardStream, StreamPosition, find_shards
+from .data import MixtureStream, Record, RecordError, ShardStream, StreamPosition, find_shards, mixture_sources
 from .model import MolminiModel
 from .processor import IGNORE_INDEX
 from .stages import apply_lora, lr_by_component, make_scheduler, param_groups, prepare_stage
@@ -184,11 +184,18 @@ def build_model(cfg: Config, train_shards: list[str]) -> MolminiModel:
     return MolminiModel(cfg.model, tokenizer, max_length=cfg.data.max_length)
 
 
-def make_loader(shards: list[str], processor, cfg: Config, rank: int, world: int, workers: int, *,
-                shuffle: bool, resume: StreamPosition | None = None) -> torch.utils.data.DataLoader:
-    stream = ShardStream(shards, training_transform(processor, cfg.data.transcript_prob, cfg.data.train_questions),
-                         shuffle_buffer=cfg.data.shuffle_buffer if shuffle else 0, seed=cfg.train.seed,
-                         endless=True, rank=rank, world_size=world, resume=resume)
+def make_loader(shards: list[str] | list[tuple[list[str], float]], processor, cfg: Config, rank: int, world: int,
+                workers: int, *, shuffle: bool, resume: StreamPosition | None = None) -> torch.utils.data.DataLoader:
+    """Batches of processed records from a list of shards, or from a weighted mixture of shard sets given as
+    (shards, weight) pairs (`data.mixture`)."""
+    transform = training_transform(processor, cfg.data.transcript_prob, cfg.data.train_questions)
+    buffer = cfg.data.shuffle_buffer if shuffle else 0
+    if shards and isinstance(shards[0], tuple):
+        stream = MixtureStream(shards, transform, shuffle_buffer=buffer, seed=cfg.train.seed, rank=rank,
+                               world_size=world, resume=resume)
+    else:
+        stream = ShardStream(shards, transform, shuffle_buffer=buffer, seed=cfg.train.seed, endless=True, rank=rank,
+                             world_size=world, resume=resume)
     collate = lambda s: {**processor.collate(s), "skipped": [x["skipped"] for x in s],  # noqa: E731
                          "position": [x["position"] for x in s]}
     return torch.utils.data.DataLoader(stream, batch_size=cfg.train.batch_size, num_workers=workers,
@@ -267,7 +274,9 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
     set_seed(cfg.train.seed)
     run_dir = Path(run_dir)
-    train_shards = find_shards(cfg.data.train_dir)
+    # The training data: data.train_dir, or the weighted mixture of shard folders in data.mixture.
+    sources = mixture_sources(cfg.data.mixture) if cfg.data.mixture else None
+    train_shards = [s for shards, _ in sources for s in shards] if sources else find_shards(cfg.data.train_dir)
     resume_from = resolve_resume(run_dir, resume)
 
     # Tokenizer and model are built identically on every process (same seed, same text).
@@ -289,11 +298,12 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
     state: dict[str, Any] = {}
     if resume_from is not None:
         state = json.loads((resume_from / STATE_FILE).read_text())
-    workers = min(cfg.data.num_workers, len(train_shards) // world)
+    fewest = min(len(shards) for shards, _ in sources) if sources else len(train_shards)
+    workers = min(cfg.data.num_workers, fewest // world)
     position = StreamPosition.from_dict(state["data_position"]) if state else \
         StreamPosition(workers=max(workers, 1), world_size=world, seed=cfg.train.seed)
     # The loader is not prepared: the stream already splits shards by process, so each reads its own.
-    loader = make_loader(train_shards, processor, cfg, rank, world, workers, shuffle=True,
+    loader = make_loader(sources or train_shards, processor, cfg, rank, world, workers, shuffle=True,
                          resume=StreamPosition.from_dict(position.to_dict()) if state else None)
     eval_loader = None
     if cfg.train.eval_every > 0:
@@ -395,7 +405,8 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
                "device": str(accelerator.device.type), "num_processes": world, "parameters": n_params,
                "trainable_parameters": trainable, "skipped_records": skipped_total, "nonfinite_steps": nonfinite_total,
                "total_wall_time_s": cost["wall_time_s"], "gpu_hours": cost["gpu_hours"],
-               "energy_kwh": cost["energy_kwh"], "gpu": cost["gpu"], "shards_by_rank": shards_by_rank}
+               "energy_kwh": cost["energy_kwh"], "gpu": cost["gpu"], "shards_by_rank": shards_by_rank,
+               "resumed_from_step": state.get("step", 0)}
     accelerator.wait_for_everyone()
     final = publishable_model(accelerator, model, rebuild)
     if accelerator.is_main_process:

@@ -115,3 +115,35 @@ def test_config_mixture_entries_become_sources(sets, tmp_path):
         mixture_sources([{"path": folders[0], "weight": 1}])
     with pytest.raises(FileNotFoundError, match="nowhere"):
         mixture_sources([{"dir": str(tmp_path / "nowhere"), "weight": 1}])
+
+
+def test_training_on_a_mixture_resumes_exactly(sets, tmp_path):
+    """train() on data.mixture: both sets are read, and a run resumed from its step-2 checkpoint logs the
+    same losses for steps 3-4 as the uninterrupted run."""
+    import json
+
+    from conftest import tiny_config
+    from molmini.training import train
+
+    folders = [str(__import__("pathlib").Path(s[0]).parent) for s in sets[:2]]
+
+    def cfg(name):
+        return tiny_config(f"data.mixture=[{{dir: {folders[0]}, weight: 0.7}}, {{dir: {folders[1]}, weight: 0.3}}]",
+                           f"data.test_dir={folders[0]}", "data.synth=null", "data.num_workers=1",
+                           "data.shuffle_buffer=4", "train.max_steps=4", "train.batch_size=4", "train.log_every=1",
+                           "train.trackers=[]", "train.checkpoint_every=2", "train.keep_checkpoints=3",
+                           f"train.output_dir={tmp_path}", f"train.run_name={name}")
+
+    full = train(cfg("full"), tmp_path / "full")
+    assert sorted({s.split("/")[-2] for s in full["shards_by_rank"][0]}) == sorted(p.split("/")[-1] for p in folders)
+    log = [json.loads(line) for line in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
+    # a second run from the full run's step-2 state, in a copy of its folder
+    import shutil
+    shutil.copytree(tmp_path / "full", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step-4", ignore_errors=True)
+    assert (tmp_path / "resumed" / "checkpoints" / "step-2").is_dir()
+    train(cfg("resumed"), tmp_path / "resumed", resume="auto")
+    resumed = [json.loads(line) for line in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]  # steps 1-2 kept from before the resume, 3-4 rerun
+    assert [r["loss"] for r in resumed if r["step"] > 2] == [r["loss"] for r in log if r["step"] > 2]
+    assert json.loads((tmp_path / "resumed" / "train_summary.json").read_text())["resumed_from_step"] == 2
