@@ -237,6 +237,9 @@ def _coerce(tp: Any, value: Any, dotted: str) -> Any:
         return value
     elif tp in (str, bool) and isinstance(value, tp):
         return value
+    elif tp is str and isinstance(value, bool):
+        # YAML reads an unquoted no/off/false as False (e.g. train.mixed_precision=no): keep the word meant
+        return "yes" if value else "no"
     elif tp not in (float, int, str, bool):
         return value  # containers are checked where they are used
     raise ConfigError(f"config key {dotted!r} must be {tp.__name__}, got {value!r}")

@@ -73,3 +73,42 @@ def tiny_model(tokenizer, model_config):
     from molmini.model import MolminiModel
     torch.manual_seed(0)
     return MolminiModel(model_config, tokenizer).eval()
+
+
+def synth_tiny_charts(folder: Path, train_shard_size: int = 16) -> Path:
+    """32 training and 8 held-out 32 px charts under folder/train and folder/test."""
+    from data_pipelines.synth.charts import synthesize
+    synthesize(folder / "train", 32, 0, split="train", image_px=32, shard_size=train_shard_size, progress=False)
+    synthesize(folder / "test", 8, 1, split="test", image_px=32, shard_size=8, progress=False)
+    return folder
+
+
+def check_exact_resume(make_stream, seed: int, workers: int, batch_size: int | None, stop_after: int,
+                       more: int) -> None:
+    """Read `stop_after` items, "crash", resume from the recorded StreamPosition and read `more`: the keys
+    must be exactly those of one uninterrupted read. `make_stream(resume)` builds the stream."""
+    import torch
+    from molmini.data import StreamPosition
+
+    def loader(resume=None):
+        collate = (lambda s: {"key": [x["key"] for x in s], "position": [x["position"] for x in s]}) \
+            if batch_size else None
+        return iter(torch.utils.data.DataLoader(make_stream(resume), batch_size=batch_size, num_workers=workers,
+                                                collate_fn=collate))
+
+    def keys(item):
+        return item["key"] if batch_size else [item["key"]]
+
+    full = loader()
+    uninterrupted = [k for _ in range(stop_after + more) for k in keys(next(full))]
+    first = loader()
+    state = StreamPosition(workers=max(workers, 1), world_size=1, seed=seed)
+    seen = []
+    for _ in range(stop_after):
+        item = next(first)
+        seen += keys(item)
+        state.update(item["position"] if batch_size else [item["position"]])
+    del first  # the "crash"
+    resumed = loader(StreamPosition.from_dict(state.to_dict()))
+    seen += [k for _ in range(more) for k in keys(next(resumed))]
+    assert seen == uninterrupted

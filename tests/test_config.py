@@ -74,3 +74,9 @@ def test_every_shipped_config_loads():
         assert cfg.train.max_steps > 0, path
     preset = load_config(ROOT / "configs" / "siglip-b16-smollm2-135m.yaml")
     assert preset.model.vision.model_name == "ViT-B-16-SigLIP" and preset.model.image.max_crops == 6
+
+
+def test_an_unquoted_no_stays_a_word_for_string_keys():
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        load_config(None, ["train.max_steps=no"])

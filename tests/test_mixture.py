@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from conftest import make_records
+from conftest import check_exact_resume, make_records
 from data_pipelines.shards import ShardWriter
 from molmini.data import MixtureStream, StreamPosition, find_shards
 
@@ -61,32 +61,9 @@ def test_processes_read_disjoint_shards_of_every_set(sets):
 
 @pytest.mark.parametrize("workers,batch_size,stop_after", [(0, None, 11), (2, None, 9), (2, 4, 5)])
 def test_resumed_mixture_continues_exactly(sets, workers, batch_size, stop_after):
-    def loader(resume=None):
-        stream = MixtureStream([(sets[0], 0.6), (sets[1], 0.4)], key_only, shuffle_buffer=5, seed=7, resume=resume)
-        collate = (lambda s: {"key": [x["key"] for x in s], "position": [x["position"] for x in s]}) \
-            if batch_size else None
-        return iter(torch.utils.data.DataLoader(stream, batch_size=batch_size, num_workers=workers,
-                                                collate_fn=collate))
-
-    def keys(item):
-        return item["key"] if batch_size else [item["key"]]
-
-    def positions(item):
-        return item["position"] if batch_size else [item["position"]]
-
-    full = loader()
-    uninterrupted = [k for _ in range(stop_after + 8) for k in keys(next(full))]
-    first = loader()
-    state = StreamPosition(workers=max(workers, 1), world_size=1, seed=7)
-    seen = []
-    for _ in range(stop_after):
-        item = next(first)
-        seen += keys(item)
-        state.update(positions(item))
-    del first
-    resumed = loader(StreamPosition.from_dict(state.to_dict()))
-    seen += [k for _ in range(8) for k in keys(next(resumed))]
-    assert seen == uninterrupted
+    check_exact_resume(lambda resume: MixtureStream([(sets[0], 0.6), (sets[1], 0.4)], key_only, shuffle_buffer=5,
+                                                    seed=7, resume=resume),
+                       seed=7, workers=workers, batch_size=batch_size, stop_after=stop_after, more=8)
 
 
 def test_bad_weights_and_too_few_shards_are_clear_errors(sets, tmp_path):

@@ -10,7 +10,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY_OVERRIDES
+from conftest import ROOT, TINY_OVERRIDES, synth_tiny_charts
 from molmini.checkpointing import complete_checkpoints, resolve_resume
 
 # Dies by SIGKILL once the state of step `die_at` is on disk but before it is marked complete and renamed.
@@ -32,11 +32,7 @@ sys.exit(train.main())
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from data_pipelines.synth.charts import synthesize
-    folder = tmp_path_factory.mktemp("charts")
-    synthesize(folder / "train", 32, 0, split="train", image_px=32, shard_size=8, progress=False)
-    synthesize(folder / "test", 8, 1, split="test", image_px=32, shard_size=8, progress=False)
-    return folder
+    return synth_tiny_charts(tmp_path_factory.mktemp("charts"), train_shard_size=8)
 
 
 def args(data, name):

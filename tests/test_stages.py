@@ -9,7 +9,7 @@ import pytest
 import torch
 from accelerate.utils import set_seed
 
-from conftest import ROOT, TINY_OVERRIDES, tiny_config
+from conftest import ROOT, TINY_OVERRIDES, synth_tiny_charts, tiny_config
 from molmini.config import load_config
 from molmini.data import find_shards
 from molmini.model import MolminiModel
@@ -29,11 +29,7 @@ def small(data, *extra):
 
 @pytest.fixture(scope="module")
 def charts(tmp_path_factory):
-    from data_pipelines.synth.charts import synthesize
-    data = tmp_path_factory.mktemp("charts")
-    synthesize(data / "train", 32, 0, split="train", image_px=32, shard_size=16, progress=False)
-    synthesize(data / "test", 8, 1, split="test", image_px=32, shard_size=8, progress=False)
-    return data
+    return synth_tiny_charts(tmp_path_factory.mktemp("charts"), train_shard_size=16)
 
 
 def weights(model) -> dict[str, torch.Tensor]:

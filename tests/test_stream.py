@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from conftest import make_records
+from conftest import check_exact_resume, make_records
 from data_pipelines.shards import ShardWriter
 from molmini.data import Record, ShardStream, find_shards, iter_records
 
@@ -88,37 +88,14 @@ def test_truncated_tar_keeps_the_readable_records(tmp_path):
 
 @pytest.mark.parametrize("workers,batch_size,stop_after", [(0, None, 7), (2, None, 9), (2, 4, 3), (2, 4, 4)])
 def test_resumed_stream_continues_exactly_where_it_stopped(tmp_path, workers, batch_size, stop_after):
-    from molmini.data import StreamPosition
     shards = write_shards(tmp_path, make_records(40), per_shard=5)
 
     def transform(record, rng):  # a random choice per sample: it must repeat after a resume too
         return {"key": f"{record.key}:{rng.randint(0, 999)}"}
 
-    def loader(resume=None):
-        stream = ShardStream(shards, transform, shuffle_buffer=6, seed=3, endless=True, resume=resume)
-        collate = (lambda s: {"key": [x["key"] for x in s], "position": [x["position"] for x in s]}) if batch_size else None
-        return iter(torch.utils.data.DataLoader(stream, batch_size=batch_size, num_workers=workers, collate_fn=collate))
-
-    def keys(item):
-        return item["key"] if batch_size else [item["key"]]
-
-    def positions(item):
-        return item["position"] if batch_size else [item["position"]]
-
-    full = loader()
-    uninterrupted = [k for _ in range(stop_after + 6) for k in keys(next(full))]
-
-    first = loader()
-    state = StreamPosition(workers=max(workers, 1), world_size=1, seed=3)
-    seen = []
-    for _ in range(stop_after):
-        item = next(first)
-        seen += keys(item)
-        state.update(positions(item))
-    del first  # the "crash"
-    resumed = loader(StreamPosition.from_dict(state.to_dict()))
-    seen += [k for _ in range(6) for k in keys(next(resumed))]
-    assert seen == uninterrupted
+    check_exact_resume(lambda resume: ShardStream(shards, transform, shuffle_buffer=6, seed=3, endless=True,
+                                                  resume=resume),
+                       seed=3, workers=workers, batch_size=batch_size, stop_after=stop_after, more=6)
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):
