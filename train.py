@@ -25,18 +25,30 @@ from molmini.training import NonFiniteLossError, make_accelerator, train
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 
 
+SYNTH_GENERATORS = ("charts", "tables", "documents")
+
+
 def prepare_data(cfg: Config) -> None:
     """Synthesize the train and held-out splits where configured (reused when already there)."""
     synth = cfg.data.synth
     if synth is not None:
-        if synth.generator != "charts":
-            raise ConfigError(f"data.synth.generator {synth.generator!r} is unknown; the one available is 'charts'")
-        from data_pipelines.synth.charts import synthesize
+        if synth.generator not in SYNTH_GENERATORS:
+            raise ConfigError(f"data.synth.generator {synth.generator!r} is unknown; choose one of {SYNTH_GENERATORS}")
+        import importlib
+        import inspect
+        synthesize = importlib.import_module(f"data_pipelines.synth.{synth.generator}").synthesize
+        known = set(inspect.signature(synthesize).parameters) - {"out_dir", "num_images", "seed", "split", "image_px",
+                                                                 "workers", "shard_size", "progress"}
+        unknown = sorted(set(synth.options) - known)
+        if unknown:
+            raise ConfigError(f"data.synth.options {unknown} are not options of the {synth.generator} generator; "
+                              f"it takes {sorted(known)}")
         for folder, n, seed, split in ((cfg.data.train_dir, synth.num_train, synth.seed, "train"),
                                        (cfg.data.test_dir, synth.num_test, synth.test_seed, "test")):
             synthesize(folder, n, seed, split=split, image_px=synth.image_px, workers=synth.workers,
-                       shard_size=synth.shard_size)
-    find_shards(cfg.data.train_dir)
+                       shard_size=synth.shard_size, **synth.options)
+    if not cfg.data.mixture:
+        find_shards(cfg.data.train_dir)
     find_shards(cfg.data.test_dir)
 
 

@@ -84,8 +84,12 @@ class ModelConfig:
 
 @dataclass
 class SynthConfig:
-    """How `train.py` creates the default chart data when the data folders are empty."""
+    """How `train.py` creates synthetic data when the data folders hold none (or other data)."""
+    # charts, tables or documents (data_pipelines/synth/)
     generator: str = "charts"
+    # Extra arguments of that generator's synthesize(), e.g. {variety: full} for charts, {noise: false}
+    # for documents; see `python -m data_pipelines synth GENERATOR --help`.
+    options: dict[str, Any] = field(default_factory=dict)
     num_train: int = 4000
     num_test: int = 500
     seed: int = 0

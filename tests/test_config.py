@@ -80,3 +80,25 @@ def test_an_unquoted_no_stays_a_word_for_string_keys():
     assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
     with pytest.raises(ConfigError, match="train.max_steps"):
         load_config(None, ["train.max_steps=no"])
+
+
+@pytest.mark.parametrize("generator,options", [("tables", {}), ("documents", {"noise": False}),
+                                               ("charts", {"variety": "full"})])
+def test_train_py_synthesizes_any_generator_with_its_options(generator, options, tmp_path):
+    import json
+    import sys
+    sys.path.insert(0, str(ROOT))
+    from train import prepare_data
+    opts = ", ".join(f"{k}: {v}" for k, v in options.items())
+    cfg = load_config(None, [f"data.train_dir={tmp_path / 'train'}", f"data.test_dir={tmp_path / 'test'}",
+                             f"data.synth={{generator: {generator}, num_train: 4, num_test: 2, image_px: 160, "
+                             f"shard_size: 4, workers: 1, options: {{{opts}}}}}"])
+    prepare_data(cfg)
+    manifest = json.loads((tmp_path / "train" / "manifest.json").read_text())
+    assert manifest["num_samples"] == 4
+    assert generator.rstrip("s") in json.dumps(manifest)
+    for key, value in options.items():
+        assert f'"{key}": {json.dumps(value)}' in json.dumps(manifest)
+    bad = load_config(None, [f"data.train_dir={tmp_path / 'x'}", f"data.synth={{generator: {generator}, options: {{colour: red}}}}"])
+    with pytest.raises(ConfigError, match="colour"):
+        prepare_data(bad)
