@@ -8,6 +8,10 @@ from typing import Any
 import yaml
 
 
+# What a checkpoint folder holds for from_pretrained (the model card, README.md, is added for publishing).
+CHECKPOINT_FILES = ["config.json", "model.safetensors", "processor_config.json", "tokenizer_config.json"]
+
+
 def resolve_checkpoint(name_or_path: str | Path, required: list[str]) -> Path:
     """A local checkpoint folder, downloading `name_or_path` from the hub when it is not a folder here."""
     path = Path(name_or_path)
@@ -30,8 +34,7 @@ def push_folder(folder: str | Path, repo_id: str, private: bool | None = None, t
     repository `repo_id`, creating it if needed; returns the commit URL. HF_ENDPOINT picks another hub."""
     from huggingface_hub import HfApi
     folder = Path(folder)
-    missing = [n for n in ("config.json", "model.safetensors", "processor_config.json", "README.md")
-               if not (folder / n).is_file()]
+    missing = [n for n in CHECKPOINT_FILES + ["README.md"] if not (folder / n).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder} lacks {missing}: push the checkpoint folder a training run wrote "
                                 "(runs/NAME/checkpoint) or one saved with model.save_pretrained")

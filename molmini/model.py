@@ -22,14 +22,13 @@ from torch import nn
 from . import tokenizer as T
 from .config import ModelConfig, from_dict
 from .connector import build_connector
-from .hub import push_folder, resolve_checkpoint, write_model_card
+from .hub import CHECKPOINT_FILES, push_folder, resolve_checkpoint, write_model_card
 from .language_model import build_language_model
-from .processor import IGNORE_INDEX, PROCESSOR_CONFIG, MolminiProcessor, ProcessorConfig
+from .processor import IGNORE_INDEX, MolminiProcessor, ProcessorConfig
 from .vision import VisionTower
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-REQUIRED_FILES = [CONFIG_FILE, WEIGHTS_FILE, PROCESSOR_CONFIG, "tokenizer_config.json"]
 
 
 class MolminiModel(nn.Module):
@@ -169,7 +168,7 @@ class MolminiModel(nn.Module):
                         dtype: str | torch.dtype | None = None) -> "MolminiModel":
         """Load a checkpoint folder or hub id (safetensors only, nothing is unpickled). `device="auto"` takes
         the GPU when there is one; `dtype="bfloat16"` halves the memory for inference on a GPU."""
-        folder = resolve_checkpoint(name_or_path, required=REQUIRED_FILES)
+        folder = resolve_checkpoint(name_or_path, required=CHECKPOINT_FILES)
         try:
             saved = json.loads((folder / CONFIG_FILE).read_text())
             config = from_dict(ModelConfig, saved["model"])

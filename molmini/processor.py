@@ -190,8 +190,6 @@ class MolminiProcessor:
         masked = any("segment_ids" in s for s in samples)
         segments = torch.full((b, longest), -1, dtype=torch.long)
         positions = torch.zeros((b, longest), dtype=torch.long)
-        windows, offset = [], 0
-        patches = (self.config.image_size // self.config.patch_size) ** 2
         for row, s in enumerate(samples):
             n = len(s["input_ids"])
             span = slice(0, n) if padding_side == "right" else slice(longest - n, longest)
@@ -202,13 +200,7 @@ class MolminiProcessor:
             if masked:
                 segments[row, span] = torch.tensor(s.get("segment_ids", [1] * n))
                 positions[row, span] = torch.tensor(s.get("position_ids", range(n)))
-            w = s["pool_index"]
-            windows.append(torch.where(w >= 0, w + offset, w))
-            offset += s["pixel_values"].shape[0] * patches
-        batch = {"input_ids": ids, "attention_mask": mask,
-                 "pixel_values": torch.cat([s["pixel_values"] for s in samples]),
-                 "pad_fraction": torch.cat([s["pad_fraction"] for s in samples]),
-                 "pool_index": torch.cat(windows)}
+        batch = {"input_ids": ids, "attention_mask": mask, **_stack_images(samples)}
         if any("labels" in s for s in samples):
             batch["labels"] = labels
         if masked:
@@ -247,8 +239,9 @@ class MolminiProcessor:
         return cls(T.load_tokenizer(str(folder)), config)
 
 
-def _stack_images(processed: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Join several images of one sample: crops concatenated, windows shifted to their crops."""
+def _stack_images(processed: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Join the images of several samples (or of one sample's several images): crops concatenated, each
+    one's pooling windows shifted to where its crops now start."""
     patches = processed[0]["pad_fraction"].shape[1]
     windows, offset = [], 0
     for p in processed:
