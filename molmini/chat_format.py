@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import tokenizer as T
-
 # molmini's own format: <|user|>question<|end|><|assistant|>answer<|end|>
 MOLMINI_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -64,10 +62,3 @@ class ChatFormat:
         """The token that ends an answer: the first token of the assistant suffix."""
         return tokenizer(self.assistant_suffix.strip(), add_special_tokens=False)["input_ids"][0]
 
-
-def set_molmini_template(tokenizer) -> None:
-    """Give a tokenizer trained by molmini its chat template (saved with the tokenizer)."""
-    missing = [t for t in (T.USER, T.ASSISTANT, T.END) if t not in tokenizer.get_vocab()]
-    if missing:
-        raise ValueError(f"tokenizer lacks {missing}; add molmini's special tokens first")
-    tokenizer.chat_template = MOLMINI_CHAT_TEMPLATE

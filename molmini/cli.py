@@ -75,36 +75,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(f"error: cannot read image {path!r} ({e}); pass a PNG or JPEG file", file=sys.stderr)
             return 2
     prompts = args.prompt
-    if len(prompts) == 1 and len(images) > 1 and not args.together:
-        prompts = prompts * len(images)  # the same question about every image
+    if args.together:  # all images in one prompt, one <image> marker each
+        items = [(images, prompts[0], {"images": args.image})]
+    else:
+        if len(prompts) == 1:
+            prompts = prompts * len(images)  # the same question about every image
+        if len(prompts) != len(images):
+            print(f"error: {len(images)} images but {len(prompts)} prompts; pass one prompt, or one per image",
+                  file=sys.stderr)
+            return 2
+        items = [(im, p, {"image": path}) for im, p, path in zip(images, prompts, args.image)]
     model = MolminiModel.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     kwargs = {"max_new_tokens": args.max_new_tokens}
     if args.num_beams > 1:
         kwargs["num_beams"] = args.num_beams
     if args.temperature > 0:
         kwargs.update(do_sample=True, temperature=args.temperature, top_p=args.top_p)
-    if args.together:  # all images in one prompt, one <image> marker each
-        if args.stream:
-            for piece in model.stream(images, prompts[0], **kwargs):
-                print(piece, end="", flush=True)
-            print()
-            return 0
-        answers = model.generate([images], prompts[:1], **kwargs)
-        rows = [{"images": args.image, "prompt": prompts[0], "answer": answers[0]}]
-    else:
-        if len(prompts) != len(images):
-            print(f"error: {len(images)} images but {len(prompts)} prompts; pass one prompt, or one per image",
-                  file=sys.stderr)
-            return 2
-        if args.stream and len(images) == 1:
-            for piece in model.stream(images[0], prompts[0], **kwargs):
-                print(piece, end="", flush=True)
-            print()
-            return 0
-        answers = model.generate(images, prompts, batch_size=args.batch_size, **kwargs)
-        rows = [{"image": i, "prompt": p, "answer": a} for i, p, a in zip(args.image, prompts, answers)]
-    for row in rows:
-        print(json.dumps(row) if args.json else row["answer"])
+    if args.stream and len(items) == 1:
+        for piece in model.stream(items[0][0], items[0][1], **kwargs):
+            print(piece, end="", flush=True)
+        print()
+        return 0
+    answers = model.generate([im for im, _, _ in items], [p for _, p, _ in items], batch_size=args.batch_size,
+                             **kwargs)
+    for (_, prompt, where), answer in zip(items, answers):
+        print(json.dumps({**where, "prompt": prompt, "answer": answer}) if args.json else answer)
     return 0
 
 

@@ -121,7 +121,7 @@ def pool_windows(view: torch.Tensor, pool: int) -> torch.Tensor:
     if pool == 1:
         return view.reshape(-1, 1)
     rows, cols = view.shape
-    pr, pc = -(-rows // pool), -(-cols // pool)
+    pr, pc = pooled_shape(view, pool)
     padded = torch.full((pr * pool, pc * pool), -1, dtype=torch.long)
     padded[:rows, :cols] = view
     return padded.view(pr, pool, pc, pool).permute(0, 2, 1, 3).reshape(pr * pc, pool * pool)

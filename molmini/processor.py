@@ -80,9 +80,6 @@ class MolminiProcessor:
         return {"pixel_values": tiled.crops, "pad_fraction": tiled.pad_fraction, "pool_index": windows,
                 "image_tokens": tokens}
 
-    def num_image_tokens(self, image: Image.Image) -> int:
-        return len(self.process_image(image)["image_tokens"])
-
     # ---- text ---------------------------------------------------------------------------------------
     def _text(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []

@@ -7,6 +7,8 @@ from typing import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from .chat_format import MOLMINI_CHAT_TEMPLATE
+
 PAD = "<pad>"
 USER = "<|user|>"
 ASSISTANT = "<|assistant|>"
@@ -26,7 +28,6 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrai
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer=trainer)
-    from .chat_format import MOLMINI_CHAT_TEMPLATE
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=END)
     fast.chat_template = MOLMINI_CHAT_TEMPLATE  # saved with the tokenizer; see molmini/chat_format.py
     return fast
