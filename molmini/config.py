@@ -29,6 +29,11 @@ class VisionConfig:
     vision_cfg: dict[str, Any] = field(default_factory=dict)
     # Which transformer blocks give the patch features (negative counts from the last); concatenated.
     feature_layers: list[int] = field(default_factory=lambda: [-1])
+    # Channels of a convolutional stem that replaces the ViT's patchify convolution (random-init open_clip
+    # ViTs only): one 3x3 stride-2 convolution per entry, then one to the tower width for the rest of the
+    # patch stride. Early convolutions learn glyph and edge features from far fewer samples (Xiao et al.
+    # 2021, "Early convolutions help transformers see better"). Empty: the plain patch embedding.
+    conv_stem: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -55,6 +60,8 @@ class LMConfig:
 class TokenizerConfig:
     # For a from-scratch LM: size of the BPE vocabulary trained on the training text.
     vocab_size: int = 1024
+    # Split numbers into single digits before BPE (Llama/Qwen do): values are written digit by digit.
+    split_digits: bool = False
 
 
 @dataclass

@@ -20,10 +20,15 @@ IMAGE_ROW_END = "<im_col>"  # ends each row of pooled patches, so the LM sees th
 SPECIAL_TOKENS = [PAD, USER, ASSISTANT, END, IMAGE_START, IMAGE_END, IMAGE_PATCH, IMAGE_ROW_END]
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on `texts` (any string still encodes), with molmini's special tokens."""
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1024, split_digits: bool = False
+                        ) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on `texts` (any string still encodes), with molmini's special tokens.
+    `split_digits`: every digit is a token of its own, as in Llama's and Qwen's tokenizers, so a number
+    is read and written digit by digit (ten shared classes) instead of each value being a token."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())

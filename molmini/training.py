@@ -57,7 +57,7 @@ def build_tokenizer(cfg: Config, train_shards: list[str]):
     if cfg.model.lm.name_or_path:
         return add_special_tokens(AutoTokenizer.from_pretrained(cfg.model.lm.name_or_path))
     texts = iter_shard_texts(train_shards, transcripts=cfg.data.transcript_prob > 0 or not cfg.data.train_questions)
-    return train_bpe_tokenizer(texts, cfg.model.tokenizer.vocab_size)
+    return train_bpe_tokenizer(texts, cfg.model.tokenizer.vocab_size, cfg.model.tokenizer.split_digits)
 
 
 # ---- data -----------------------------------------------------------------------------------------------

@@ -21,11 +21,48 @@ def _vision_cfg(cfg: VisionConfig) -> dict:
     return {**base["vision_cfg"], **cfg.vision_cfg}
 
 
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each pixel of a [B, C, H, W] map: a patch's features never depend
+    on other patches' pixels (GroupNorm or BatchNorm would mix them, and the padding with them)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvStem(nn.Module):
+    """3x3 stride-2 convolutions (channel LayerNorm, GELU) through `channels`, then one convolution to
+    `width` covering the rest of the patch stride: [B, 3, H, W] -> [B, width, H / patch, W / patch], the
+    shape of the patchify convolution it replaces."""
+
+    def __init__(self, channels: list[int], width: int, patch_size: int):
+        super().__init__()
+        if 2 ** len(channels) > patch_size:
+            raise ValueError(f"vision.conv_stem has {len(channels)} stride-2 convolutions, which shrink the "
+                             f"image by {2 ** len(channels)}, more than the patch size {patch_size}; use at most "
+                             f"{max(patch_size.bit_length() - 1, 0)} entries")
+        if patch_size % 2 ** len(channels):
+            raise ValueError(f"vision.conv_stem: the patch size {patch_size} is not divisible by "
+                             f"2**{len(channels)}; use a power-of-two patch size or fewer stem entries")
+        layers, c_in = [], 3
+        for c in channels:
+            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False), ChannelNorm(c), nn.GELU()]
+            c_in = c
+        rest = patch_size // 2 ** len(channels)
+        layers.append(nn.Conv2d(c_in, width, kernel_size=rest, stride=rest))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
 class VisionTower(nn.Module):
     """Wraps `open_clip.create_model(name, pretrained).visual`; `forward` gives [B, patches, dim] without CLS."""
 
     def __init__(self, cfg: VisionConfig, load_pretrained: bool = True):
         super().__init__()
+        if cfg.conv_stem and cfg.pretrained:
+            raise ValueError(f"vision.conv_stem replaces the patch embedding, so it cannot start from pretrained "
+                             f"weights (pretrained={cfg.pretrained!r}); set vision.conv_stem=[] or pretrained=''")
         pretrained = cfg.pretrained if (load_pretrained and cfg.pretrained) else None
         extra = {}
         if pretrained is None:
@@ -53,6 +90,12 @@ class VisionTower(nn.Module):
             patch, n_blocks = self.visual.patch_size, len(self.visual.transformer.resblocks)
             width = self.visual.transformer.width
         self.patch_size = patch[0] if isinstance(patch, (tuple, list)) else patch
+        if cfg.conv_stem:
+            if self.is_timm:
+                raise ValueError(f"vision.conv_stem replaces the patch embedding of an open_clip ViT; "
+                                 f"{cfg.model_name!r} is a timm tower; set vision.conv_stem=[]")
+            # open_clip's ViT embeds patches with `conv1` (a patch-sized, patch-strided convolution).
+            self.visual.conv1 = ConvStem(list(cfg.conv_stem), width, self.patch_size)
         self.grid = self.image_size // self.patch_size
         self.layers = sorted({l % n_blocks for l in cfg.feature_layers})
         self.output_dim = width * len(self.layers)

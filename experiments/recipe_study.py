@@ -1,0 +1,140 @@
+"""The from-scratch recipe study: which levers teach a small model to read charts on a 2-core CPU.
+
+Each variant is the default run (`configs/default.yaml`) with a few dotted overrides. At an equal
+wall-clock budget: a short probe run measures the variant's samples/s on this machine, the full run then
+gets `budget_s * samples_per_s / batch_size` steps (so a costlier variant gets fewer), is trained and
+evaluated on the held-out charts by `train.py`, and one row per variant is appended to the results file.
+
+    python experiments/recipe_study.py --list
+    python experiments/recipe_study.py --budget-s 300 default digits conv_stem     # screen
+    python experiments/recipe_study.py --budget-s 540 --steps 1000 combo            # fixed steps
+    python experiments/recipe_study.py --table                                      # the results table
+
+Every row records the exact `python train.py ...` command that reproduces it. Runs go one at a time:
+two trainings on 2 cores would halve each other's throughput and so each other's budget.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "experiments" / "results" / "recipe_study.jsonl"
+QUESTION_TYPES = ("chart_type", "count", "largest_label", "value", "compare", "colour_largest", "trend")
+
+TRANSCRIPTS = ["data.transcript_prob=0.5"]
+DIGITS = ["model.tokenizer.split_digits=true"]
+CONV_STEM = ["model.vision.conv_stem=[32,64,128]"]
+# name -> (what it changes, overrides of configs/default.yaml)
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "default": ("the default run as it was before the study", []),
+    "transcripts": ("each chart's transcript as a last exchange half the time", TRANSCRIPTS),
+    "digits": ("numbers split into single-digit tokens", DIGITS),
+    "conv_stem": ("3 stride-2 3x3 convolutions in place of the 16 px patchify convolution", CONV_STEM),
+    "mlp": ("LLaVA's MLP connector: 64 image tokens instead of 16", ["model.connector.kind=mlp"]),
+    "combo": ("transcripts + digits + conv stem", TRANSCRIPTS + DIGITS + CONV_STEM),
+}
+
+
+def train_command(name: str, overrides: list[str], steps: int, run_name: str, no_eval: bool = False) -> list[str]:
+    cmd = [sys.executable, "train.py", *overrides, f"train.max_steps={steps}", f"train.run_name={run_name}",
+           "train.trackers=[]"]
+    return cmd + (["--no-eval"] if no_eval else [])
+
+
+def run(cmd: list[str], log_path: Path) -> float:
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True,
+                       env={**os.environ, "WANDB_MODE": "disabled"})
+    return time.perf_counter() - start
+
+
+def probe_samples_per_s(name: str, overrides: list[str], out: Path, steps: int = 24) -> float:
+    """Steady-state training throughput of the variant: the mean over the probe's last two log intervals."""
+    run_name = f"study-probe-{name}"
+    run(train_command(name, overrides + ["train.log_every=8"], steps, run_name, no_eval=True), out / f"{run_name}.log")
+    lines = [json.loads(l) for l in (ROOT / "runs" / run_name / "train_log.jsonl").read_text().splitlines() if l.strip()]
+    rates = [l["samples_per_s"] for l in lines[1:]] or [lines[-1]["samples_per_s"]]
+    return sum(rates) / len(rates)
+
+
+def study(names: list[str], budget_s: float, fixed_steps: int, tag: str) -> None:
+    out = ROOT / "runs" / "study-logs"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        what, overrides = VARIANTS[name]
+        batch = 32
+        for o in overrides:
+            if o.startswith("train.batch_size="):
+                batch = int(o.split("=", 1)[1])
+        rate = probe_samples_per_s(name, overrides, out) if not fixed_steps else None
+        steps = fixed_steps or max(10, round(budget_s * rate / batch))
+        run_name = f"study-{name}{'-' + tag if tag else ''}"
+        cmd = train_command(name, overrides, steps, run_name)
+        seconds = run(cmd, out / f"{run_name}.log")
+        run_dir = ROOT / "runs" / run_name
+        results = json.loads((run_dir / "eval_results.json").read_text())
+        summary = json.loads((run_dir / "train_summary.json").read_text())
+        row = {"variant": name, "changes": what, "tag": tag, "budget_s": budget_s, "steps": steps,
+               "probe_samples_per_s": rate, "train_wall_s": summary["wall_time_s"],
+               "samples_per_s": round(summary["samples"] / summary["wall_time_s"], 1),
+               "parameters": summary["parameters"], "run_wall_s": round(seconds, 1),
+               "overall": results["overall"]["relaxed_accuracy"],
+               "majority": results["overall"]["majority_baseline"],
+               "per_type": {t: r["relaxed_accuracy"] for t, r in results["per_type"].items()},
+               "command": "python " + " ".join(["train.py"] + cmd[2:]), "date": time.strftime("%Y-%m-%d")}
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        with open(RESULTS, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(format_row(row), flush=True)
+
+
+def format_row(row: dict) -> str:
+    cells = [row["variant"] + (f" ({row['tag']})" if row.get("tag") else ""), str(row["steps"]),
+             f"{row['train_wall_s']:.0f}", f"{row['samples_per_s']:.0f}", f"{row['parameters'] / 1e6:.2f}M"]
+    cells += [f"{100 * row['per_type'].get(t, float('nan')):.1f}" for t in QUESTION_TYPES]
+    cells.append(f"**{100 * row['overall']:.1f}**")
+    return "| " + " | ".join(cells) + " |"
+
+
+def table() -> str:
+    head = ["variant", "steps", "train s", "samples/s", "params", *QUESTION_TYPES, "overall"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for l in RESULTS.read_text().splitlines():
+        if l.strip():
+            lines.append(format_row(json.loads(l)))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("variants", nargs="*", help="variant names (see --list)")
+    ap.add_argument("--budget-s", type=float, default=300, help="training wall-clock budget per variant")
+    ap.add_argument("--steps", type=int, default=0, help="a fixed step count instead of the time budget")
+    ap.add_argument("--tag", default="", help="suffix of the run names and a column of the results")
+    ap.add_argument("--list", action="store_true", help="list the variants")
+    ap.add_argument("--table", action="store_true", help="print the results table (markdown)")
+    args = ap.parse_args()
+    if args.list:
+        for name, (what, overrides) in VARIANTS.items():
+            print(f"{name:<14} {what}: {' '.join(overrides) or '(none)'}")
+        return 0
+    if args.table:
+        print(table())
+        return 0
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown or not args.variants:
+        print(f"error: unknown or no variants {unknown}; choose from {sorted(VARIANTS)}", file=sys.stderr)
+        return 2
+    study(args.variants, args.budget_s, args.steps, args.tag)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
