@@ -198,10 +198,10 @@ class Skip:
 
 class BadRecords:
     """The bad records met while reading a shard set: each counted once, under its reason, however often it
-    is read; `on_skip(message)` hears of each the first time (default: a logged warning)."""
+    is read; `on_skip(skip)` hears of each the first time (default: its message is logged as a warning)."""
 
-    def __init__(self, on_skip: Callable[[str], None] | None = None) -> None:
-        self.on_skip = on_skip or (lambda message: log.warning("skipped: %s", message))
+    def __init__(self, on_skip: Callable[[Skip], None] | None = None) -> None:
+        self.on_skip = on_skip or (lambda skip: log.warning("skipped: %s", skip.message))
         self._seen: set[str] = set()
         self._counts: Counter[str] = Counter()
 
@@ -211,7 +211,7 @@ class BadRecords:
             return False
         self._seen.add(skip.where)
         self._counts[skip.reason] += skip.count
-        self.on_skip(skip.message)
+        self.on_skip(skip)
         return True
 
     @property
@@ -330,7 +330,7 @@ def read_records(shards: list[str], bad: BadRecords | None = None) -> Iterator[R
 
 def iter_records(shards: list[str], on_error: Callable[[str], None] | None = None) -> Iterator[Record]:
     """`read_records`, with each bad record's message passed to `on_error` (default: logged)."""
-    return read_records(shards, BadRecords(on_error))
+    return read_records(shards, BadRecords(on_skip=(lambda skip: on_error(skip.message)) if on_error else None))
 
 
 def no_usable_record(what: str, shards: list[str], bad: BadRecords, last: str = "") -> UnusableDataError:
@@ -393,7 +393,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         while True:
             order = list(shards)
             rng.shuffle(order)
-            records, reasons = 0, BadRecords(on_skip=lambda message: None)
+            records, reasons = 0, BadRecords(on_skip=lambda skip: None)
             for url in order:
                 for entry in reader.entries(url):
                     if isinstance(entry, Skip):

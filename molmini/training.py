@@ -42,7 +42,7 @@ def iter_shard_texts(shards: list[str], transcripts: bool = False) -> Iterator[s
     """Every message of every usable record (and its meta.transcript if asked), read through the record
     reader (images stay undecoded); the bad records are left to the stream, which counts and reports them.
     No usable record at all stops here, before a tokenizer is trained on nothing."""
-    bad = BadRecords(on_skip=lambda message: None)
+    bad = BadRecords(on_skip=lambda skip: None)
     found = False
     for record in read_records(shards, bad):
         found = True
