@@ -393,16 +393,17 @@ class ShardStream(torch.utils.data.IterableDataset):
         while True:
             order = list(shards)
             rng.shuffle(order)
-            records, reasons = 0, BadRecords(on_skip=lambda skip: None)
+            records, reasons, last = 0, BadRecords(on_skip=lambda skip: None), ""
             for url in order:
                 for entry in reader.entries(url):
                     if isinstance(entry, Skip):
                         reasons.add(entry)
+                        last = entry.message
                     else:
                         records += 1
                     yield epoch, entry
             if not records:  # an endless stream would spin over these shards forever
-                raise no_usable_record("no readable record", order, reasons)
+                raise no_usable_record("no readable record", sorted(order), reasons, last)
             if not self.endless:
                 return
             epoch += 1
