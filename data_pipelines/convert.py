@@ -77,7 +77,11 @@ def encode_image(data: bytes) -> tuple[bytes, str]:
     if img.mode not in PNG_MODES:
         img = img.convert("RGBA" if img.mode.endswith("A") else "RGB")
     out = io.BytesIO()
-    img.save(out, format="PNG")
+    try:
+        img.save(out, format="PNG")
+    except (OSError, ValueError):  # a mode this PIL cannot write as PNG (32-bit "I" in some versions)
+        out = io.BytesIO()
+        img.convert("RGB").save(out, format="PNG")
     return out.getvalue(), "png"
 
 

@@ -227,11 +227,11 @@ class BadRecords:
         return ", ".join(f"{n} {reason}" for reason, n in self.by_reason.items()) or "none"
 
 
-def _member_groups(url: str) -> Iterator[tuple[str, dict[str, bytes]] | RecordError]:
-    """(key, {extension: bytes}) for each run of adjacent tar members sharing a key (split as webdataset
-    splits names: the key ends at the first '.' of the file name). A shard that cannot be opened, or is cut
-    inside a member, ends with a RecordError; a member name repeated within a group is a RecordError for
-    that group."""
+def _member_groups(url: str) -> Iterator[tuple[str, dict[str, bytes], int] | RecordError]:
+    """(key, {extension: bytes}, repeats) for each run of adjacent tar members sharing a key (split as
+    webdataset splits names: the key ends at the first '.' of the file name); `repeats` > 1 when a member
+    name occurs that many times in the run (records written twice in a row under one key). A shard that
+    cannot be opened, or is cut inside a member, ends with a RecordError."""
     import webdataset as wds
 
     name = Path(url).name
@@ -242,14 +242,7 @@ def _member_groups(url: str) -> Iterator[tuple[str, dict[str, bytes]] | RecordEr
         yield RecordError(f"{name} is not a readable tar ({type(e).__name__}: {e}); regenerate it or move it out "
                           "of the shard folder", "unreadable_shard")
         return
-    key, group, clash = None, {}, None
-
-    def finished():
-        if clash:
-            return RecordError(f"{name}: member group {key!r} holds two {clash!r} members; regenerate the shard",
-                               "duplicate_member")
-        return key, group
-
+    key, group, seen = None, {}, Counter()
     with stream, tar:
         try:
             for member in tar:
@@ -259,20 +252,20 @@ def _member_groups(url: str) -> Iterator[tuple[str, dict[str, bytes]] | RecordEr
                 data = tar.extractfile(member).read()
                 if base != key:
                     if key is not None:
-                        yield finished()
-                    key, group, clash = base, {}, None
+                        yield key, group, max(seen.values())
+                    key, group, seen = base, {}, Counter()
                 ext = ext.lower()
-                clash = clash or (ext if ext in group else None)
+                seen[ext] += 1
                 group[ext] = data
         except _TAR_ERRORS as e:
             # A group whose members were all read before the cut is whole: keep it; the cut one is lost.
-            if key is not None and "json" in group and any(x in group for x in IMAGE_EXTENSIONS) and not clash:
-                yield key, group
+            if key is not None and "json" in group and any(x in group for x in IMAGE_EXTENSIONS):
+                yield key, group, max(seen.values())
             yield RecordError(f"{name}: cut short inside a member after {key!r} ({type(e).__name__}: {e}); "
                               "regenerate the shard", "truncated_member")
             return
     if key is not None:
-        yield finished()
+        yield key, group, max(seen.values())
 
 
 class ShardReader:
@@ -294,8 +287,13 @@ class ShardReader:
                 failed += 1
                 yield Skip(where, item.reason, str(item))
                 continue
-            groups += 1
-            key, members = item
+            key, members, repeats = item
+            groups += repeats
+            if repeats > 1:
+                yield Skip(where, "duplicate_member", f"{name}: member group {key!r} holds {repeats} copies of a "
+                           "member (records written in a row under one key); regenerate the shard with unique "
+                           "keys", count=repeats)
+                continue
             try:
                 record = Record.from_sample({"__key__": key, **members})
             except RecordError as e:
