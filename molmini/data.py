@@ -1,10 +1,15 @@
-"""The record schema, and the streaming dataset that reads it back from webdataset shards.
+"""The record schema, the one validated record reader every consumer of shards goes through, and the
+streaming dataset that training reads them with.
 
 One record is one image and a conversation about it. In a shard it is two members that share a key:
 ``KEY.png`` (or ``KEY.jpg``) holding the encoded image, and ``KEY.json`` holding
 ``{"messages": [...], "source": str, "task": str, "meta": {...}}``. ``messages`` alternate
 ``{"role": "user", ...}`` and ``{"role": "assistant", ...}``; the image belongs to the first user turn
 (an ``<image>`` marker there says where, otherwise it is implied at the start).
+
+`ShardReader` / `read_records` turn tar members into checked Records; whatever cannot become one is a
+`Skip`, counted once by reason in a `BadRecords`. Input that can give no record at all raises
+`UnusableDataError`, whose one-line message names the shards and the fix.
 """
 from __future__ import annotations
 

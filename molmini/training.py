@@ -405,7 +405,7 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
             rec = {"step": step, **rec, "eval_loss": round(heldout_loss(model, eval_loader, accelerator,
                                                                           cfg.train.eval_batches), 5)}
         if rec:
-            accelerator.log(rec, step=step)
+            accelerator.log(_flat(rec), step=step)  # trackers take numbers: skipped_by_reason.<reason>
             if accelerator.is_main_process:
                 log_file.write(json.dumps(rec) + "\n")
                 log_file.flush()

@@ -262,6 +262,17 @@ def test_every_record_corrupt_stops_training(tmp_path):
         train(toy_config(tmp_path / "train", tmp_path / "test", "train.max_steps=4"), tmp_path / "run")
 
 
+def test_no_readable_json_stops_before_a_tokenizer_is_trained_on_nothing(tmp_path):
+    from molmini.training import train
+    records = make_records(8)
+    (tmp_path / "train").mkdir()
+    write_tar(tmp_path / "train" / "shard-000000.tar", [m for r in records for m in with_json(r, None)])
+    write_records(tmp_path / "test", make_records(8, seed=1))
+    with within(120), pytest.raises(UnusableDataError, match=r"no readable record to train the tokenizer on in "
+                                                             r".*train \(shard-000000.tar\): 8 bad \(8 invalid_schema\)"):
+        train(toy_config(tmp_path / "train", tmp_path / "test", "train.max_steps=4"), tmp_path / "run")
+
+
 def test_a_shard_that_is_not_a_tar_stops_a_run_from_a_checkpoint(tmp_path, tiny_model):
     from molmini.training import train
     tiny_model.save_pretrained(tmp_path / "init")
