@@ -88,8 +88,9 @@ class Record:
         raw = sample["json"]
         try:
             body = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RecordError(f"sample {key!r}: its .json member is not valid JSON ({e})", "invalid_json") from e
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested too deep
+            raise RecordError(f"sample {key!r}: its .json member is not valid JSON ({type(e).__name__}: {e})",
+                              "invalid_json") from e
         if not isinstance(body, dict):
             raise RecordError(f"sample {key!r}: its .json member is {type(body).__name__}, not an object with "
                               "'messages'", "invalid_schema")

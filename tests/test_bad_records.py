@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import random
+import os
 import signal
 import subprocess
 import sys
@@ -60,11 +60,15 @@ def keys_transform(record: Record, rng) -> dict:
     return {"key": record.key}
 
 
+class Hang(BaseException):
+    """Not an Exception: no `except Exception` in the code under test can swallow it."""
+
+
 @contextlib.contextmanager
 def within(seconds: int):
     """Fail (instead of hanging the suite) if the block runs longer than `seconds`."""
     def expired(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s: a hang")
+        raise Hang(f"still running after {seconds} s: a hang")
     previous = signal.signal(signal.SIGALRM, expired)
     signal.alarm(seconds)
     try:
@@ -90,7 +94,7 @@ def write_records(folder, records, per_shard=8) -> list[str]:
 # ---- 6: one bad record must not kill a run ------------------------------------------------------------
 
 def bad_json_shard(folder) -> tuple[list[str], list[Record]]:
-    good = make_records(10)
+    good = make_records(11)
     bad = [
         with_json(good[1], None),                                               # a null body
         with_json(good[2], [body(good[2])]),                                     # a list
@@ -101,21 +105,22 @@ def bad_json_shard(folder) -> tuple[list[str], list[Record]]:
         with_json(good[6], body(good[6], source=7)),
         with_json(good[7], body(good[7], meta={"qa_types": "colour"})),
         with_json(good[8], b"{not json"),
+        with_json(good[9], b"[" * 100000 + b"]" * 100000),  # nested deeper than the parser recurses
     ]
-    entries = members(good[0]) + [m for b in bad for m in b] + members(good[9])
+    entries = members(good[0]) + [m for b in bad for m in b] + members(good[10])
     folder.mkdir(exist_ok=True)
-    return [write_tar(folder / "shard-000000.tar", entries)], [good[0], good[9]]
+    return [write_tar(folder / "shard-000000.tar", entries)], [good[0], good[10]]
 
 
 def test_json_of_the_wrong_type_or_shape_is_counted_by_reason_and_skipped(tmp_path):
     shards, kept = bad_json_shard(tmp_path)
     bad = BadRecords()
     assert [r.key for r in read_records(shards, bad)] == [r.key for r in kept]
-    assert bad.by_reason == {"invalid_json": 1, "invalid_schema": 7}
+    assert bad.by_reason == {"invalid_json": 2, "invalid_schema": 7}
     # the stream, which training reads, skips them the same way
     out = list(ShardStream(shards, keys_transform))
     assert [s["key"] for s in out] == [r.key for r in kept]
-    assert out[-1]["skipped"][2:] == (8, {"invalid_json": 1, "invalid_schema": 7})
+    assert out[-1]["skipped"][2:] == (9, {"invalid_json": 2, "invalid_schema": 7})
 
 
 def test_tokenizer_pass_reads_through_the_validated_reader(tmp_path):
@@ -241,8 +246,17 @@ def test_max_length_below_the_image_tokens_stops_training_with_one_line(tmp_path
     args = [sys.executable, str(ROOT / "train.py"), *TINY_OVERRIDES, "data.synth=null", "data.max_length=8",
             f"data.train_dir={tmp_path / 'train'}", f"data.test_dir={tmp_path / 'test'}", "data.num_workers=1",
             "train.max_steps=4", "train.batch_size=4", "train.trackers=[]", "train.run_name=short"]
-    res = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                         env={"PATH": "", "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    # A session of its own, so that a hang ends with its DataLoader workers too (they hold the pipes open).
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,
+                            env={"PATH": "", "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError("train.py still running after 300 s: a hang")
+    res = subprocess.CompletedProcess(args, proc.returncode, "", stderr)
     assert res.returncode == 2, res.stderr[-3000:]
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in res.stderr
