@@ -37,7 +37,8 @@ def contact_sheet(folder: str | Path, out: str | Path, num: int = 16, cols: int 
         if len(tiles) == num:
             break
     if not tiles:
-        raise ValueError(f"no readable record in {folder}" + (f" ({bad.total} bad: {bad.describe()})" if errors else ""))
+        raise ValueError(f"no readable record in {folder}"
+                         + (f" ({bad.total} bad: {bad.describe()}; the first: {errors[0]})" if errors else ""))
     text_h = LINE_HEIGHT * max(len(lines) for _, lines in tiles) + 6
     cell_w, cell_h = tile_px + 16, tile_px + text_h + 16
     rows = -(-len(tiles) // cols)

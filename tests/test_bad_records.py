@@ -207,7 +207,8 @@ def test_a_repeated_key_is_skipped_and_counted_and_never_mixes_two_records(tmp_p
         {"role": "user", "content": "<image>Is this the second record?"}, {"role": "assistant", "content": "yes"}])
     (tmp_path / "test").mkdir()
     write_tar(tmp_path / "test" / "shard-000000.tar",
-              [m for r in records[:3] for m in members(r)] + members(other) + [m for r in records[3:] for m in members(r)])
+              [m for r in records[:3] for m in members(r)] + members(other)
+              + [m for r in records[3:] for m in members(r)])
     write_records(tmp_path / "train", make_records(4, seed=1))
     results, rows = evaluate(tiny_model, str(tmp_path / "test"),
                              str(tmp_path / "train"), max_new_tokens=2)
@@ -282,8 +283,8 @@ def test_no_readable_json_stops_before_a_tokenizer_is_trained_on_nothing(tmp_pat
     (tmp_path / "train").mkdir()
     write_tar(tmp_path / "train" / "shard-000000.tar", [m for r in records for m in with_json(r, None)])
     write_records(tmp_path / "test", make_records(8, seed=1))
-    with within(120), pytest.raises(UnusableDataError, match=r"no readable record to train the tokenizer on in "
-                                                             r".*train \(shard-000000.tar\): 8 bad \(8 invalid_schema\)"):
+    with within(120), pytest.raises(UnusableDataError, match=r"no readable record to train the tokenizer on in .*"
+                                                             r"train \(shard-000000.tar\): 8 bad \(8 invalid_schema\)"):
         train(toy_config(tmp_path / "train", tmp_path / "test", "train.max_steps=4"), tmp_path / "run")
 
 

@@ -18,7 +18,8 @@ from PIL import Image
 
 from conftest import make_records
 from test_bad_records import members, toy_config, within, write_manifest, write_tar
-from molmini.data import BadRecords, Record, RecordError, ShardStream, Skip, UnusableDataError, find_shards, read_records
+from molmini.data import (BadRecords, Record, RecordError, ShardStream, Skip, UnusableDataError, find_shards,
+                          read_records)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # PIL on corrupted images
 
