@@ -332,3 +332,22 @@ def test_llava_image_paths_outside_the_images_folder_are_refused_and_counted(tmp
     assert stats.skipped == {"unsafe_image_path": 2}
     assert manifest["num_samples"] == 2
     assert all(r.image == png_bytes("red") for r in read_records(find_shards(tmp_path / "out")))
+
+
+def test_a_resumed_run_counts_each_bad_record_once(tmp_path):
+    from molmini.training import train
+    records = make_records(16)
+    for i in (2, 14):  # read at steps 1 and 4 of the first pass (4 records a step, no shuffle)
+        records[i].image = records[i].image[:50]
+    write_records(tmp_path / "train", records, per_shard=16)
+    write_records(tmp_path / "test", make_records(8, seed=1))
+    cfg = lambda: toy_config(tmp_path / "train", tmp_path / "test", "train.max_steps=8",  # noqa: E731
+                             "train.checkpoint_every=2", "train.keep_checkpoints=4")
+    run = tmp_path / "run"
+    summaries = [train(cfg(), run)]  # 32 samples: more than two passes over the 14 usable records
+    # From step 6 both were counted before the checkpoint and are met again after it; from step 2 one was.
+    for step in (6, 2):
+        summaries.append(train(cfg(), run, resume=str(run / "checkpoints" / f"step-{step}")))
+        assert summaries[-1]["resumed_from_step"] == step
+    for summary in summaries:
+        assert summary["skipped_records"] == 2 and summary["skipped_by_reason"] == {"undecodable_image": 2}
