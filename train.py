@@ -17,7 +17,7 @@ from pathlib import Path
 from accelerate.utils import broadcast_object_list
 
 from molmini.config import Config, ConfigError, load_config
-from molmini.data import find_shards
+from molmini.data import UnusableDataError, find_shards
 from molmini.hub import write_model_card
 from molmini.model import MolminiModel
 from molmini.training import NonFiniteLossError, make_accelerator, train
@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except UnusableDataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if accelerator.is_main_process and not args.no_eval:
         from eval.heldout import evaluate, format_table, write_results
         checkpoint = run_dir / "checkpoint"

@@ -118,7 +118,7 @@ def _run_curate(args: argparse.Namespace) -> int:
     from data_pipelines.convert import write_shards
     from data_pipelines.curate import curate, load_eval_set, standard_filters, write_report
     from data_pipelines.shards import read_manifest
-    from molmini.data import find_shards, iter_records
+    from molmini.data import BadRecords, find_shards, read_records
 
     if Path(args.input).resolve() == Path(args.out).resolve():
         raise SystemExit(f"--out must differ from --input ({args.input}): writing removes the folder's shards")
@@ -128,9 +128,8 @@ def _run_curate(args: argparse.Namespace) -> int:
         max_garbled_fraction=args.max_garbled_fraction, min_answer_chars=args.min_answer_chars,
         max_answer_chars=args.max_answer_chars, max_ngram=args.max_ngram, max_repeats=args.max_repeats,
         near_dup_threshold=args.near_dup_threshold, evals=evals, skip=args.skip)
-    unreadable = []
-    records, report = curate(iter_records(find_shards(args.input), on_error=unreadable.append), filters,
-                             max_examples=args.examples)
+    unreadable = BadRecords()
+    records, report = curate(read_records(find_shards(args.input), unreadable), filters, max_examples=args.examples)
     try:
         split = read_manifest(args.input).get("split", "train")
     except (FileNotFoundError, ValueError):
@@ -139,7 +138,8 @@ def _run_curate(args: argparse.Namespace) -> int:
               "filters": {f.name: f.params() for f in filters}}
     manifest = write_shards(records, args.out, generator="curate", params=params, split=split,
                             shard_size=args.shard_size)
-    report.extra["unreadable_input_records"] = len(unreadable)
+    report.extra["unreadable_input_records"] = unreadable.total
+    report.extra["unreadable_by_reason"] = unreadable.by_reason
     if evals is not None:
         report.extra["eval_records"] = evals.records
     json_path, md_path = write_report(report, args.out)
@@ -212,7 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as e:  # bad input: one line naming it, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

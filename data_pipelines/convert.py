@@ -77,13 +77,27 @@ def encode_image(data: bytes) -> tuple[bytes, str]:
     if img.mode not in PNG_MODES:
         img = img.convert("RGBA" if img.mode.endswith("A") else "RGB")
     out = io.BytesIO()
-    img.save(out, format="PNG")
+    try:
+        img.save(out, format="PNG")
+    except (OSError, ValueError):  # a mode this PIL cannot write as PNG (32-bit "I" in some versions)
+        out = io.BytesIO()
+        img.convert("RGB").save(out, format="PNG")
     return out.getvalue(), "png"
 
 
 def read_image_file(path: str, images_dir: str | os.PathLike | None) -> bytes:
-    """The bytes of an image file named relative to `images_dir` (or absolute)."""
-    full = Path(path) if images_dir is None or Path(path).is_absolute() else Path(images_dir) / path
+    """The bytes of an image file named relative to `images_dir`. A path that is absolute or climbs out of
+    `images_dir` ("../../etc/passwd") is refused: a dataset file must not make the converter read, and copy
+    into shards, files from elsewhere on the machine. Without `images_dir` (path-only parquet images and no
+    --images) the path is taken as it is."""
+    if images_dir is None:
+        full = Path(path)
+    else:
+        base = os.path.abspath(images_dir)  # lexical (symlinked image folders stay allowed)
+        full = Path(os.path.abspath(os.path.join(base, path)))
+        if Path(path).is_absolute() or os.path.commonpath([base, str(full)]) != base:
+            raise BadRow("unsafe_image_path", f"image path {path!r} is absolute or leads out of the images folder "
+                         f"{str(images_dir)!r}; give paths relative to --images")
     if not full.is_file():
         raise BadRow("missing_image_file", f"image file {str(full)!r} not found")
     return full.read_bytes()

@@ -25,7 +25,7 @@ import imagehash
 from PIL import Image
 
 from data_pipelines.report import CurationReport, FilterResult, write_report  # noqa: F401 (write_report: part of this API)
-from molmini.data import IMAGE_MARKER, Record, find_shards, iter_records, strip_image_marker
+from molmini.data import IMAGE_MARKER, BadRecords, Record, find_shards, read_records, strip_image_marker
 
 # imagehash.phash with hash_size=16: 256 bits. The usual 64-bit hash cannot tell copies from different
 # charts: on the synthetic charts, re-encoded or rescaled copies differ by <= 4 of 64 bits, but so do some
@@ -284,12 +284,9 @@ class EvalSet:
 def load_eval_set(folders: Iterable[str | os.PathLike], threshold: int = DEFAULT_HASH_THRESHOLD) -> EvalSet:
     """Read every record of the shard folders into an EvalSet (hashes searchable within `threshold` bits)."""
     evals = EvalSet(hashes=HammingIndex(threshold))
-
-    def count_unreadable(message: str) -> None:
-        evals.unreadable += 1
-
     for folder in folders:
-        for record in iter_records(find_shards(folder), on_error=count_unreadable):
+        bad = BadRecords()
+        for record in read_records(find_shards(folder), bad):
             evals.records += 1
             value, why = _phash_or_reason(record)
             if value is not None:
@@ -297,6 +294,7 @@ def load_eval_set(folders: Iterable[str | os.PathLike], threshold: int = DEFAULT
             else:
                 evals.unreadable += 1
             evals.qa_pairs.update((normalise_text(q), normalise_text(a)) for q, a in record.qa_pairs())
+        evals.unreadable += bad.total
     return evals
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from molmini.data import Record, find_shards, iter_records
+from molmini.data import BadRecords, Record, RecordError, Skip, find_shards, read_records
 
 LINE_HEIGHT = 12
 CHARS_PER_LINE = 34
@@ -23,20 +23,22 @@ def _caption_lines(record: Record, max_pairs: int) -> list[str]:
 def contact_sheet(folder: str | Path, out: str | Path, num: int = 16, cols: int = 4, tile_px: int = 200,
                   max_pairs: int = 4) -> Path:
     """Write a PNG of the first `num` readable records of `folder`; returns its path."""
-    errors: list[str] = []
+    errors: list[str] = []  # shown on the sheet rather than hidden
+    bad = BadRecords(on_skip=lambda skip: errors.append(skip.message))
     tiles: list[tuple[Image.Image, list[str]]] = []
-    for record in iter_records(find_shards(folder), on_error=errors.append):
+    for record in read_records(find_shards(folder), bad):
         try:
             image = record.load_image()
-        except ValueError as e:  # RecordError: shown on the sheet rather than hidden
-            errors.append(str(e))
+        except RecordError as e:
+            bad.add(Skip(record.key, e.reason, str(e)))
             continue
         image = ImageOps.contain(image, (tile_px, tile_px))  # small images are enlarged to be legible
         tiles.append((image, _caption_lines(record, max_pairs)))
         if len(tiles) == num:
             break
     if not tiles:
-        raise ValueError(f"no readable record in {folder}" + (f" ({len(errors)} unreadable)" if errors else ""))
+        raise ValueError(f"no readable record in {folder}"
+                         + (f" ({bad.total} bad: {bad.describe()}; the first: {errors[0]})" if errors else ""))
     text_h = LINE_HEIGHT * max(len(lines) for _, lines in tiles) + 6
     cell_w, cell_h = tile_px + 16, tile_px + text_h + 16
     rows = -(-len(tiles) // cols)
@@ -50,7 +52,7 @@ def contact_sheet(folder: str | Path, out: str | Path, num: int = 16, cols: int 
         for j, line in enumerate(lines):
             draw.text((x, y + tile_px + 4 + j * LINE_HEIGHT), line, fill="black", font=font)
     if errors:
-        draw.text((8, rows * cell_h + 4), f"{len(errors)} unreadable record(s) skipped; first: {errors[0][:150]}",
+        draw.text((8, rows * cell_h + 4), f"{bad.total} unreadable record(s) skipped; first: {errors[0][:150]}",
                   fill="red", font=font)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

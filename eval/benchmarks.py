@@ -99,7 +99,7 @@ class BenchmarkItem:
         return METRICS[self.metric](prediction, self.golds, **kw)
 
 
-SkipFn = Callable[[str, str], None]  # (row id, reason)
+SkipFn = Callable[..., None]  # (row id, reason[, rows it stands for])
 
 
 @dataclass(frozen=True)
@@ -129,9 +129,11 @@ class Benchmark:
     spec: BenchmarkSpec
     path: Path
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped_rows: int = 0
 
     def __iter__(self) -> Iterator[BenchmarkItem]:
         self.skipped.clear()
+        self.skipped_rows = 0
         checked: bytes | None = None   # consecutive items often share one image (synthetic records)
         for item in self.spec.read(self.spec, self.path, self._skip):
             if item.image is not checked:
@@ -142,8 +144,10 @@ class Benchmark:
                 checked = item.image
             yield item
 
-    def _skip(self, row_id: str, reason: str) -> None:
+    def _skip(self, row_id: str, reason: str, count: int = 1) -> None:
+        """`count`: the rows this one stands for (a shard cut short, for every sample it is missing)."""
         self.skipped.append((row_id, reason))
+        self.skipped_rows += count
         log.warning("%s: skipped row %s: %s", self.spec.name, row_id, reason)
 
     def settings(self) -> dict[str, Any]:
@@ -154,7 +158,7 @@ class Benchmark:
                 "prompt_template": s.prompt_template or "per item",
                 "prompt": PROMPT_TEMPLATES[s.prompt_template].render("{question}", ["{option}"])
                 if s.prompt_template else "per item",
-                "max_new_tokens": s.max_new_tokens, "skipped_rows": len(self.skipped)}
+                "max_new_tokens": s.max_new_tokens, "skipped_rows": self.skipped_rows}
 
 
 def undecodable(data: bytes | None) -> str | None:
@@ -248,9 +252,11 @@ def read_ai2d(spec: BenchmarkSpec, folder: Path, skip: SkipFn) -> Iterator[Bench
 
 def read_synthetic(spec: BenchmarkSpec, folder: Path, skip: SkipFn) -> Iterator[BenchmarkItem]:
     """Every question/answer pair of every record; the subset is the record's meta.qa_types entry."""
-    from molmini.data import find_shards, iter_records
+    from molmini.data import BadRecords, find_shards, read_records
 
-    for record in iter_records(find_shards(folder), on_error=lambda message: skip("?", message)):
+    # Every bad record reaches `skip` once; a shard cut short counts as all the samples it is missing.
+    bad = BadRecords(on_skip=lambda entry: skip(entry.where.rpartition("/")[2], entry.message, entry.count))
+    for record in read_records(find_shards(folder), bad):
         types = record.meta.get("qa_types") or []
         for j, (question, answer) in enumerate(record.qa_pairs()):
             yield BenchmarkItem(id=f"{record.key}-{j}", image=record.image, question=question, golds=[answer],

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable
 
-from molmini.data import Record, RecordError, find_shards, iter_records
+from molmini.data import BadRecords, Record, RecordError, Skip, find_shards, read_records
 
 from .metrics import exact_match, relaxed_accuracy
 
@@ -34,17 +34,19 @@ def majority_answers(train_dir: str) -> dict[str, str]:
 def evaluate(model, test_dir: str, train_dir: str, batch_size: int = 64, max_new_tokens: int = 8,
              max_items: int = 0, benchmark: str = "synth-charts") -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Greedy answers for every held-out item; returns (results, per-item predictions)."""
-    errors: list[str] = []
+    bad = BadRecords(on_skip=lambda skip: log.warning("evaluation skipped: %s", skip.message))
     images, records = {}, []
-    for rec in iter_records(find_shards(test_dir), on_error=errors.append):
+    for rec in read_records(find_shards(test_dir), bad):
         try:
             images[rec.key] = rec.load_image()
             records.append(rec)
         except RecordError as e:
-            errors.append(str(e))
-    for e in errors:
-        log.warning("evaluation skipped: %s", e)
+            bad.add(Skip(rec.key, e.reason, str(e)))
     items = qa_items(records)
+    if not items:
+        raise ValueError(f"nothing to evaluate in {test_dir}: no readable question/answer pair "
+                         f"({bad.total} bad records: {bad.describe()}); check the folder's shards, e.g. with "
+                         f"`python -m data_pipelines inspect --input {test_dir}`")
     if max_items:
         items = items[:max_items]
     majority = majority_answers(train_dir)
@@ -58,7 +60,8 @@ def evaluate(model, test_dir: str, train_dir: str, batch_size: int = 64, max_new
                      "relaxed_accuracy": relaxed_accuracy(pred, it["answer"]),
                      "exact_match": exact_match(pred, it["answer"]),
                      "majority_answer": base, "majority_baseline": relaxed_accuracy(base, it["answer"])})
-    results = {"benchmark": benchmark, "test_dir": str(test_dir), "skipped_records": len(errors),
+    results = {"benchmark": benchmark, "test_dir": str(test_dir), "skipped_records": bad.total,
+               "skipped_by_reason": bad.by_reason,
                "prompt_template": "<|user|><image>{question}<|end|><|assistant|>",
                "max_new_tokens": max_new_tokens, "per_type": {}, "overall": _summary(rows)}
     for qtype in sorted({r["type"] for r in rows}):

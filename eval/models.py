@@ -214,10 +214,10 @@ def majority_answers(typed_answers: Iterable[tuple[str, str]]) -> tuple[dict[str
 
 
 def majority_from_shards(train_dir: str) -> tuple[dict[str, str], str]:
-    from molmini.data import find_shards, iter_records
+    from molmini.data import find_shards, read_records
 
     from .heldout import qa_items
-    items = qa_items(iter_records(find_shards(train_dir)))
+    items = qa_items(read_records(find_shards(train_dir)))
     return majority_answers((item["type"], item["answer"]) for item in items)
 
 

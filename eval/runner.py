@@ -129,6 +129,10 @@ def evaluate(adapter: ModelAdapter, benchmark: Benchmark, out_dir: str | Path, l
                 answer_pending()
         if pending:
             answer_pending()
+    if not rows:  # a score over no items would read as a result
+        first = f"; the first: {benchmark.skipped[0][1]}" if benchmark.skipped else ""
+        raise ValueError(f"{benchmark.spec.name} at {benchmark.path}: no readable item to evaluate "
+                         f"({benchmark.skipped_rows} rows skipped{first})")
     log.info("%s on %s: %d items, %d answered now, %d from %s", adapter.name, benchmark.spec.name, len(rows),
              answered, len(rows) - answered, path)
     return summarise(adapter, benchmark, rows, limit, path.relative_to(out_dir), answered)

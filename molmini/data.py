@@ -1,10 +1,15 @@
-"""The record schema, and the streaming dataset that reads it back from webdataset shards.
+"""The record schema, the one validated record reader every consumer of shards goes through, and the
+streaming dataset that training reads them with.
 
 One record is one image and a conversation about it. In a shard it is two members that share a key:
 ``KEY.png`` (or ``KEY.jpg``) holding the encoded image, and ``KEY.json`` holding
 ``{"messages": [...], "source": str, "task": str, "meta": {...}}``. ``messages`` alternate
 ``{"role": "user", ...}`` and ``{"role": "assistant", ...}``; the image belongs to the first user turn
 (an ``<image>`` marker there says where, otherwise it is implied at the start).
+
+`ShardReader` / `read_records` turn tar members into checked Records; whatever cannot become one is a
+`Skip`, counted once by reason in a `BadRecords`. Input that can give no record at all raises
+`UnusableDataError`, whose one-line message names the shards and the fix.
 """
 from __future__ import annotations
 
@@ -13,9 +18,12 @@ import json
 import logging
 import os
 import random
+import tarfile
+import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from PIL import Image
@@ -28,7 +36,17 @@ ROLES = ("user", "assistant")
 
 
 class RecordError(ValueError):
-    """A record that does not follow the schema."""
+    """A record that does not follow the schema (or that a consumer cannot use); `reason` is the short name
+    it is counted under."""
+
+    def __init__(self, message: str, reason: str = "invalid_record") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class UnusableDataError(ValueError):
+    """Reading cannot go on: a whole pass over the shards, or a long run of records in a row, gave nothing
+    usable. The message names the shards, the cause and the fix."""
 
 
 @dataclass
@@ -58,21 +76,40 @@ class Record:
 
     @classmethod
     def from_sample(cls, sample: dict[str, Any]) -> "Record":
+        """The record of a webdataset sample, every field checked for type and shape, so that no consumer
+        meets a `null` body, a list for `meta` or a number for a message."""
         key = sample.get("__key__", "?")
         exts = [e for e in IMAGE_EXTENSIONS if e in sample]
         if not exts:
             raise RecordError(f"sample {key!r} has no image member (expected one of {IMAGE_EXTENSIONS}); "
-                              f"members: {sorted(k for k in sample if not k.startswith('__'))}")
+                              f"members: {sorted(k for k in sample if not k.startswith('__'))}", "missing_member")
         if "json" not in sample:
-            raise RecordError(f"sample {key!r} has no .json member")
+            raise RecordError(f"sample {key!r} has no .json member", "missing_member")
         raw = sample["json"]
         try:
             body = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RecordError(f"sample {key!r}: its .json member is not valid JSON ({e})") from e
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested too deep
+            raise RecordError(f"sample {key!r}: its .json member is not valid JSON ({type(e).__name__}: {e})",
+                              "invalid_json") from e
+        if not isinstance(body, dict):
+            raise RecordError(f"sample {key!r}: its .json member is {type(body).__name__}, not an object with "
+                              "'messages'", "invalid_schema")
         if "messages" not in body:
-            raise RecordError(f"sample {key!r}: its .json member has no 'messages' list")
-        return cls(key=key, image=sample[exts[0]], messages=body["messages"], source=body.get("source", ""),
+            raise RecordError(f"sample {key!r}: its .json member has no 'messages' list", "invalid_schema")
+        for name, kind in (("source", str), ("task", str), ("meta", dict)):
+            if name in body and not isinstance(body[name], kind):
+                raise RecordError(f"sample {key!r}: '{name}' is {type(body[name]).__name__}, not "
+                                  f"{'an object' if kind is dict else 'a string'}", "invalid_schema")
+        meta = body.get("meta", {})
+        if not isinstance(meta.get("transcript", ""), str):
+            raise RecordError(f"sample {key!r}: meta.transcript is not a string", "invalid_schema")
+        types = meta.get("qa_types", [])
+        if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+            raise RecordError(f"sample {key!r}: meta.qa_types is not a list of strings", "invalid_schema")
+        image = sample[exts[0]]
+        if not isinstance(image, (bytes, bytearray)):
+            raise RecordError(f"sample {key!r}: its image member is not bytes", "invalid_schema")
+        return cls(key=key, image=bytes(image), messages=body["messages"], source=body.get("source", ""),
                    task=body.get("task", ""), meta=body.get("meta", {}), image_ext=exts[0])
 
     def load_image(self) -> Image.Image:
@@ -80,9 +117,10 @@ class Record:
         try:
             img = Image.open(io.BytesIO(self.image))
             img.load()
+            return img.convert("RGB")  # inside: some modes (e.g. 16-bit, CMYK variants) fail only here
         except Exception as e:  # PIL raises several unrelated types for bad bytes
-            raise RecordError(f"record {self.key!r}: image cannot be decoded ({type(e).__name__}: {e})") from e
-        return img.convert("RGB")
+            raise RecordError(f"record {self.key!r}: image cannot be decoded ({type(e).__name__}: {e})",
+                              "undecodable_image") from e
 
     def qa_pairs(self) -> list[tuple[str, str]]:
         """(question, answer) for each user/assistant exchange, the image marker removed."""
@@ -96,18 +134,27 @@ def strip_image_marker(text: str) -> str:
 
 def validate_messages(messages: Any, where: str = "record") -> None:
     if not isinstance(messages, list) or not messages:
-        raise RecordError(f"{where}: 'messages' must be a non-empty list of {{role, content}} dicts")
+        raise RecordError(f"{where}: 'messages' must be a non-empty list of {{role, content}} dicts",
+                          "invalid_schema")
     for i, msg in enumerate(messages):
-        if not isinstance(msg, dict) or set(msg) < {"role", "content"}:
-            raise RecordError(f"{where}: message {i} must be a dict with 'role' and 'content', got {msg!r}")
+        if not isinstance(msg, dict) or not {"role", "content"} <= set(msg):
+            raise RecordError(f"{where}: message {i} must be a dict with 'role' and 'content', got "
+                              f"{_short(msg)}", "invalid_schema")
         want = ROLES[i % 2]
         if msg["role"] != want:
-            raise RecordError(f"{where}: message {i} has role {msg['role']!r} where {want!r} was expected "
-                              "(turns alternate user, assistant, starting with user)")
+            raise RecordError(f"{where}: message {i} has role {_short(msg['role'])} where {want!r} was expected "
+                              "(turns alternate user, assistant, starting with user)", "invalid_schema")
         if not isinstance(msg["content"], str):
-            raise RecordError(f"{where}: message {i} content must be a string")
+            raise RecordError(f"{where}: message {i} content must be a string, got "
+                              f"{type(msg['content']).__name__}", "invalid_schema")
     if len(messages) % 2:
-        raise RecordError(f"{where}: the conversation ends on a user turn with no assistant answer")
+        raise RecordError(f"{where}: the conversation ends on a user turn with no assistant answer",
+                          "invalid_schema")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # ---- streaming ------------------------------------------------------------------------------------------
@@ -137,18 +184,183 @@ def manifest_counts(shards: list[str]) -> dict[str, int]:
     return {s: counts[s] for s in shards if s in counts}
 
 
+# ---- the record reader: every consumer of shards reads them through here ---------------------------------
+
+MAX_CONSECUTIVE_SKIPS = 1000  # bad records in a row before a stream gives up (a fault, not bad luck)
+_TAR_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
+
+
+@dataclass
+class Skip:
+    """Something read from a shard that gives no record, counted under `reason`. `where` identifies it the
+    same way on every read (``SHARD#N`` for the N-th member group of a shard, or a record key), so a second
+    pass over the same shards does not count it again; `count` is how many records it stands for (a shard
+    cut short stands for every sample its manifest lists beyond those read)."""
+    where: str
+    reason: str
+    message: str
+    count: int = 1
+
+
+class BadRecords:
+    """The bad records met while reading a shard set: each counted once, under its reason, however often it
+    is read; `on_skip(skip)` hears of each the first time (default: its message is logged as a warning)."""
+
+    def __init__(self, on_skip: Callable[[Skip], None] | None = None) -> None:
+        self.on_skip = on_skip or (lambda skip: log.warning("skipped: %s", skip.message))
+        self._seen: set[str] = set()
+        self._counts: Counter[str] = Counter()
+
+    def add(self, skip: Skip) -> bool:
+        """Count `skip` unless it was counted before; True if it is new."""
+        if skip.where in self._seen:
+            return False
+        self._seen.add(skip.where)
+        self._counts[skip.reason] += skip.count
+        self.on_skip(skip)
+        return True
+
+    @property
+    def by_reason(self) -> dict[str, int]:
+        return dict(sorted(self._counts.items()))
+
+    @property
+    def total(self) -> int:
+        return sum(self._counts.values())
+
+    def describe(self) -> str:
+        """``"3 invalid_json, 1 truncated_member"`` (or ``"none"``)."""
+        return ", ".join(f"{n} {reason}" for reason, n in self.by_reason.items()) or "none"
+
+
+def _member_groups(url: str) -> Iterator[tuple[str, dict[str, bytes], int] | RecordError]:
+    """(key, {extension: bytes}, repeats) for each run of adjacent tar members sharing a key (split as
+    webdataset splits names: the key ends at the first '.' of the file name); `repeats` > 1 when a member
+    name occurs that many times in the run (records written twice in a row under one key). A shard that
+    cannot be opened, or is cut inside a member, ends with a RecordError."""
+    import webdataset as wds
+
+    name = Path(url).name
+    try:
+        stream = wds.gopen(url, "rb")  # local paths, and any URL webdataset opens (http, pipe:, ...)
+        tar = tarfile.open(fileobj=stream, mode="r|*")
+    except _TAR_ERRORS as e:
+        yield RecordError(f"{name} is not a readable tar ({type(e).__name__}: {e}); regenerate it or move it out "
+                          "of the shard folder", "unreadable_shard")
+        return
+    key, group, seen = None, {}, Counter()
+    with stream, tar:
+        try:
+            for member in tar:
+                base, ext = wds.tariterators.base_plus_ext(member.name)
+                if not member.isfile() or base is None:
+                    continue
+                data = tar.extractfile(member).read()
+                if base != key:
+                    if key is not None:
+                        yield key, group, max(seen.values())
+                    key, group, seen = base, {}, Counter()
+                ext = ext.lower()
+                seen[ext] += 1
+                group[ext] = data
+        except _TAR_ERRORS as e:
+            # A group whose members were all read before the cut is whole: keep it; the cut one is lost.
+            if key is not None and "json" in group and any(x in group for x in IMAGE_EXTENSIONS):
+                yield key, group, max(seen.values())
+            yield RecordError(f"{name}: cut short inside a member after {key!r} ({type(e).__name__}: {e}); "
+                              "regenerate the shard", "truncated_member")
+            return
+    if key is not None:
+        yield key, group, max(seen.values())
+
+
+class ShardReader:
+    """The one validated record reader. Each member group of a shard becomes a `Record` (its json checked
+    for type and shape by `Record.from_sample`) or a `Skip` saying why not: an unreadable or cut tar, a
+    missing member, bad json, a key already read from this reader's shards (keys must be unique in a shard
+    set: the first keeps it), and, after the shard, the samples its manifest lists that were never read."""
+
+    def __init__(self, shards: list[str]):
+        self.expected = manifest_counts(shards)
+        self._first: dict[str, str] = {}  # record key -> where it was first read
+
+    def entries(self, url: str) -> Iterator[Record | Skip]:
+        name = Path(url).name
+        groups = failed = 0
+        for n, item in enumerate(_member_groups(url)):
+            where = f"{url}#{n}"
+            if isinstance(item, RecordError):
+                failed += 1
+                yield Skip(where, item.reason, str(item))
+                continue
+            key, members, repeats = item
+            groups += repeats
+            if repeats > 1:
+                yield Skip(where, "duplicate_member", f"{name}: member group {key!r} holds {repeats} copies of a "
+                           "member (records written in a row under one key); regenerate the shard with unique "
+                           "keys", count=repeats)
+                continue
+            try:
+                record = Record.from_sample({"__key__": key, **members})
+            except RecordError as e:
+                yield Skip(where, e.reason, f"{name}: {e}")
+                continue
+            first = self._first.setdefault(key, where)
+            if first != where:
+                yield Skip(where, "duplicate_key", f"{name}: record key {key!r} was already read from "
+                           f"{Path(first.rpartition('#')[0]).name}; keys must be unique in a shard set, so this "
+                           "one is skipped (write the shards with unique keys)")
+                continue
+            yield record
+        # A tar cut exactly at a member boundary reads without error, only shorter: its manifest says so.
+        missing = self.expected.get(url, 0) - groups - failed
+        if missing > 0:
+            yield Skip(f"{url}#missing", "truncated_shard", f"{name}: read {groups} of the {self.expected[url]} "
+                       "samples its manifest lists; the shard is truncated (regenerate it)", count=missing)
+
+
+def read_records(shards: list[str], bad: BadRecords | None = None) -> Iterator[Record]:
+    """Every usable record of `shards` in order (no shuffling, no splitting); everything else is counted in
+    `bad` (by reason, each once) and skipped."""
+    bad = bad if bad is not None else BadRecords()
+    reader = ShardReader(shards)
+    for url in shards:
+        for entry in reader.entries(url):
+            if isinstance(entry, Skip):
+                bad.add(entry)
+            else:
+                yield entry
+
+
+def iter_records(shards: list[str], on_error: Callable[[str], None] | None = None) -> Iterator[Record]:
+    """`read_records`, with each bad record's message passed to `on_error` (default: logged)."""
+    return read_records(shards, BadRecords(on_skip=(lambda skip: on_error(skip.message)) if on_error else None))
+
+
+def no_usable_record(what: str, shards: list[str], bad: BadRecords, last: str = "") -> UnusableDataError:
+    """The error for a read that found nothing usable: which shards, how many bad records of which kind, and
+    the last problem met, whose message says how to fix it."""
+    names = ", ".join(Path(s).name for s in shards[:3]) + (f" and {len(shards) - 3} more" if len(shards) > 3 else "")
+    folders = ", ".join(sorted({str(Path(s).parent) for s in shards}))
+    return UnusableDataError(f"{what} in {folders} ({names}): {bad.total} bad ({bad.describe()})"
+                             + (f"; the last: {last}" if last else "")
+                             + ". Fix or regenerate the shards, or point the config at other data")
+
+
 class ShardStream(torch.utils.data.IterableDataset):
     """Records from webdataset shards, split by node (rank) and by DataLoader worker, through a seeded
     shuffle buffer, each passed through `transform`.
 
-    A record that cannot be read (corrupt image, bad json, truncated tar member) is logged by key,
-    counted and skipped; every yielded sample carries its worker's running count in `skipped` so the
-    trainer can report the total. `endless` cycles over the shards forever, reshuffling each epoch.
+    Records come through `ShardReader`; one that cannot be read or used (corrupt image, bad json, truncated
+    tar member, a transform's RecordError such as a conversation over max_length) is logged by key, counted
+    once by reason and skipped; every yielded sample carries its worker's running counts in `skipped` so the
+    trainer can report them. `endless` cycles over the shards forever, reshuffling each epoch; a pass with
+    no readable record, or `max_consecutive_skips` bad records in a row, stops it with UnusableDataError.
     """
 
     def __init__(self, shards: list[str], transform, shuffle_buffer: int = 0, seed: int = 0,
                  endless: bool = False, rank: int = 0, world_size: int = 1,
-                 resume: "StreamPosition | None" = None):
+                 resume: "StreamPosition | None" = None, max_consecutive_skips: int = MAX_CONSECUTIVE_SKIPS):
         super().__init__()
         if len(shards) < world_size:
             raise ValueError(f"{len(shards)} shards cannot be split over {world_size} processes; write at least "
@@ -157,7 +369,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.shuffle_buffer, self.seed, self.endless = shuffle_buffer, seed, endless
         self.rank, self.world_size = rank, world_size
         self.resume = resume
-        self.expected_counts = manifest_counts(self.shards)
+        self.max_consecutive_skips = max_consecutive_skips
 
     def rank_shards(self) -> list[str]:
         """The shards this process reads (its workers split them further)."""
@@ -178,31 +390,27 @@ class ShardStream(torch.utils.data.IterableDataset):
                              "(data.num_workers) or more shards")
         return mine, wid
 
-    def _raw_samples(self, shards: list[str], rng: random.Random, errors: list[str]) -> Iterator[dict]:
-        import webdataset as wds
-
-        failures = [0]  # in the shard being read
-
-        def handler(exn: Exception) -> bool:
-            errors.append((f"{type(exn).__name__}: {exn}", 1))
-            failures[0] += 1
-            return True  # keep going with the next member or shard
-
+    def _entries(self, shards: list[str], rng: random.Random) -> Iterator[tuple[int, Record | Skip]]:
+        """(pass number, record or skip) for every member group of `shards`, pass after pass when endless."""
+        reader = ShardReader(shards)  # keys unique over this worker's shards, on every pass alike
+        epoch = 0
         while True:
             order = list(shards)
             rng.shuffle(order)
+            records, reasons, last = 0, BadRecords(on_skip=lambda skip: None), ""
             for url in order:
-                count, failures[0] = 0, 0
-                for sample in wds.tarfile_to_samples(handler=handler)(iter([{"url": url}])):
-                    count += 1
-                    yield sample
-                # A tar cut exactly at a member boundary reads without error, only shorter: its manifest says so.
-                missing = self.expected_counts.get(url, 0) - count - failures[0]
-                if missing > 0:
-                    errors.append((f"{Path(url).name}: read {count} of the {self.expected_counts[url]} samples its "
-                                   f"manifest lists; the shard is truncated (regenerate it)", missing))
+                for entry in reader.entries(url):
+                    if isinstance(entry, Skip):
+                        reasons.add(entry)
+                        last = entry.message
+                    else:
+                        records += 1
+                    yield epoch, entry
+            if not records:  # an endless stream would spin over these shards forever
+                raise no_usable_record("no readable record", sorted(order), reasons, last)
             if not self.endless:
                 return
+            epoch += 1
 
     def _shuffled(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
         if self.shuffle_buffer <= 1:
@@ -228,31 +436,36 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def samples(self, shards: list[str], wid: int, start: int = 0) -> Iterator[tuple[int, dict]]:
         """(raw position, transformed sample) for worker `wid` reading `shards`, from raw position `start`
-        on. The positions count every member group read, skipped ones included, so they survive a restart."""
+        on. The positions count every member group read, skipped ones included, so they survive a restart.
+
+        Each sample's `skipped` is (rank, worker, bad records so far, {reason: count}); a bad record is
+        counted on the first pass only, so an endless stream (or one resumed, whose fast-forward counts
+        nothing) reports each once. `max_consecutive_skips` bad records in a row raise UnusableDataError."""
         rng = random.Random(f"{self.seed}-{self.rank}-{wid}")
-        errors: list[str] = []
-        skipped = 0
-        for position, sample in enumerate(self._shuffled(self._raw_samples(shards, rng, errors), rng)):
+        bad = BadRecords()
+        in_a_row = 0
+        for position, (epoch, entry) in enumerate(self._shuffled(self._entries(shards, rng), rng)):
             if position < start:
-                errors.clear()  # already consumed (and counted) before the restart: fast-forward, no decoding
-                continue
-            while errors:  # failures inside the tar reader (truncated members, bad headers, short shards)
-                message, count = errors.pop()
-                skipped += count
-                log.warning("skipped %d unreadable shard member(s) (%s)", count, message)
-            try:
-                # Randomness of the transform depends on the position only, so a resumed stream repeats it.
-                sample_rng = random.Random(f"{self.seed}-{self.rank}-{wid}-{position}")
-                out = self.transform(Record.from_sample(sample), sample_rng)
-            except RecordError as e:
-                skipped += 1
-                log.warning("skipped record: %s", e)
-                continue
-            out["skipped"] = (self.rank, wid, skipped)
-            yield position, out
-        while errors:
-            message, count = errors.pop()
-            log.warning("skipped %d unreadable shard member(s) (%s)", count, message)
+                continue  # already consumed (and counted) before the restart: fast-forward, no decoding
+            if isinstance(entry, Record):
+                try:
+                    # Randomness of the transform depends on the position only, so a resumed stream repeats it.
+                    sample_rng = random.Random(f"{self.seed}-{self.rank}-{wid}-{position}")
+                    out = self.transform(entry, sample_rng)
+                except RecordError as e:
+                    message = str(e) if repr(entry.key) in str(e) else f"record {entry.key!r}: {e}"
+                    entry = Skip(entry.key, e.reason, message)
+                else:
+                    in_a_row = 0
+                    out["skipped"] = (self.rank, wid, bad.total, bad.by_reason)
+                    yield position, out
+                    continue
+            if epoch == 0:
+                bad.add(entry)
+            in_a_row += 1
+            if in_a_row >= self.max_consecutive_skips:
+                raise no_usable_record(f"the last {in_a_row} records read were all skipped (data.max_length, the "
+                                       "images and the json are checked per record)", shards, bad, entry.message)
 
 
 def mixture_sources(entries: list[dict[str, Any]]) -> list[tuple[list[str], float]]:
@@ -318,12 +531,13 @@ class MixtureStream(torch.utils.data.IterableDataset):
             start = self.resume.start(self.rank, wid, i) if self.resume is not None else 0
             iterators.append(stream.samples(mine, wid, start))
         position = self.resume.start(self.rank, wid) if self.resume is not None else 0
-        skipped = [0] * len(iterators)
+        skipped: list[dict[str, int]] = [{} for _ in iterators]
         while True:
             i = self.choose(wid, position)
             inner, out = next(iterators[i])
-            skipped[i] = out["skipped"][2]
-            out["skipped"] = (self.rank, wid, sum(skipped))
+            skipped[i] = out["skipped"][3]
+            by_reason = dict(sum((Counter(c) for c in skipped), Counter()))
+            out["skipped"] = (self.rank, wid, sum(by_reason.values()), by_reason)
             out["position"] = (self.rank, wid, position, i, inner)
             out["source"] = i
             yield out
@@ -377,33 +591,3 @@ class StreamPosition:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StreamPosition":
         return cls(**d)
-
-
-def iter_records(shards: list[str], on_error=None) -> Iterator[Record]:
-    """Every readable record of `shards` in order (no shuffling, no splitting); an unreadable member or
-    record, and a shard holding fewer samples than its manifest lists, is passed to `on_error(message)`
-    (default: logged) and skipped."""
-    import webdataset as wds
-
-    def report(message: str) -> None:
-        (on_error or log.warning)(message)
-
-    failures = [0]
-
-    def handler(exn: Exception) -> bool:
-        report(f"unreadable shard member ({type(exn).__name__}: {exn})")
-        failures[0] += 1
-        return True
-
-    expected = manifest_counts(shards)
-    for url in shards:
-        count, failures[0] = 0, 0
-        for sample in wds.tarfile_to_samples(handler=handler)(iter([{"url": url}])):
-            count += 1
-            try:
-                yield Record.from_sample(sample)
-            except RecordError as e:
-                report(str(e))
-        if expected.get(url, 0) > count + failures[0]:
-            report(f"{Path(url).name}: read {count} of the {expected[url]} samples its manifest lists; the shard "
-                   "is truncated (regenerate it)")

@@ -134,7 +134,7 @@ class MolminiProcessor:
                 if k == 0:
                     raise RecordError(f"the first exchange alone is {len(input_ids) + len(user) + len(answer)} "
                                       f"tokens, over max_length={self.config.max_length}; raise data.max_length "
-                                      "(or lower model.image.max_crops)")
+                                      "(or lower model.image.max_crops)", "over_max_length")
                 break
             if masked and images:
                 start = segments.count(0)

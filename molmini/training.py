@@ -11,8 +11,8 @@ import logging
 import math
 import os
 import random
-import tarfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,7 +26,8 @@ from transformers import AutoTokenizer
 from .checkpointing import STATE_FILE, load_training_state, publishable_model, resolve_resume, save_training_state
 from .config import Config, save_config
 from .cost import CostMeter, peak_flops, run_cost, training_flops
-from .data import MixtureStream, Record, RecordError, ShardStream, StreamPosition, find_shards, mixture_sources
+from .data import (BadRecords, MixtureStream, Record, RecordError, ShardStream, StreamPosition, UnusableDataError,
+                   find_shards, mixture_sources, no_usable_record, read_records)
 from .model import MolminiModel
 from .processor import IGNORE_INDEX
 from .stages import apply_lora, lr_by_component, make_scheduler, param_groups, prepare_stage
@@ -38,19 +39,18 @@ log = logging.getLogger(__name__)
 # ---- tokenizer ------------------------------------------------------------------------------------------
 
 def iter_shard_texts(shards: list[str], transcripts: bool = False) -> Iterator[str]:
-    """Every message of every record (and its meta.transcript if asked), read from the json members only
-    (images stay undecoded)."""
-    for shard in shards:
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                if member.name.endswith(".json"):
-                    try:
-                        body = json.loads(tar.extractfile(member).read())
-                        yield from (m["content"] for m in body["messages"])
-                        if transcripts and body.get("meta", {}).get("transcript"):
-                            yield body["meta"]["transcript"]
-                    except (ValueError, KeyError, TypeError):
-                        continue  # the stream counts and reports bad records; the tokenizer just skips them
+    """Every message of every usable record (and its meta.transcript if asked), read through the record
+    reader (images stay undecoded); the bad records are left to the stream, which counts and reports them.
+    No usable record at all stops here, before a tokenizer is trained on nothing."""
+    bad = BadRecords(on_skip=lambda skip: None)
+    found = False
+    for record in read_records(shards, bad):
+        found = True
+        yield from (m["content"] for m in record.messages)
+        if transcripts and record.meta.get("transcript"):
+            yield record.meta["transcript"]
+    if not found:
+        raise no_usable_record("no readable record to train the tokenizer on", shards, bad)
 
 
 def build_tokenizer(cfg: Config, train_shards: list[str]):
@@ -79,7 +79,7 @@ def training_transform(processor, transcript_prob: float = 0.0, questions: bool 
         if not questions:
             if not transcript:
                 raise RecordError(f"record {record.key!r} has no meta.transcript to caption-train on "
-                                  "(data.train_questions=false)")
+                                  "(data.train_questions=false)", "no_transcript")
             pairs = []
         if transcript and (not questions or rng.random() < transcript_prob):
             # Last, so no question can copy its answer from the transcript (there is none at test time).
@@ -93,16 +93,35 @@ def training_transform(processor, transcript_prob: float = 0.0, questions: bool 
 
 @dataclass
 class SkipCounter:
-    """Running skip counts reported by each (process, worker) of the stream."""
-    by_worker: dict[tuple, int] = field(default_factory=dict)
+    """Bad records, by reason, as each (process, worker) of the stream reports its running counts (each
+    worker reads its own shards and counts a record once, so the sum over workers counts it once)."""
+    by_worker: dict[tuple, dict[str, int]] = field(default_factory=dict)
 
     def update(self, reports: list[tuple]) -> None:
-        for rank, wid, n in reports:
-            self.by_worker[(rank, wid)] = max(n, self.by_worker.get((rank, wid), 0))
+        for rank, wid, total, by_reason in reports:
+            if total >= sum(self.by_worker.get((rank, wid), {}).values()):
+                self.by_worker[(rank, wid)] = by_reason
+
+    @property
+    def by_reason(self) -> dict[str, int]:
+        return _add_counts(*self.by_worker.values())
 
     @property
     def total(self) -> int:
-        return sum(self.by_worker.values())
+        return sum(self.by_reason.values())
+
+
+def _add_counts(*counts: dict[str, int]) -> dict[str, int]:
+    return dict(sorted(sum((Counter(c) for c in counts), Counter()).items()))
+
+
+def next_batch(batches: Iterator[dict]) -> dict:
+    """The next batch; a DataLoader worker's UnusableDataError comes back as one, with its one-line message
+    (the loader wraps it in the worker's traceback)."""
+    try:
+        return next(batches)
+    except UnusableDataError as e:
+        raise UnusableDataError(str(e).rpartition("UnusableDataError: ")[2].strip() or str(e)) from None
 
 
 class IntervalMeter:
@@ -229,7 +248,7 @@ def heldout_loss(model, loader, accelerator: Accelerator, batches: int) -> float
     tokens = torch.zeros((), device=accelerator.device)
     it = iter(loader)
     for _ in range(batches):
-        batch = next(it)
+        batch = next_batch(it)
         batch = {k: v.to(accelerator.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
         out = model(**batch)
         loss_sum += out["loss_sum"].float()
@@ -246,8 +265,13 @@ def _merged_position(accelerator: Accelerator, position: StreamPosition) -> dict
     return merged
 
 
-def _all_processes(accelerator: Accelerator, count: int) -> int:
-    return int(accelerator.reduce(torch.tensor(count, device=accelerator.device), "sum").item())
+def _skipped_all_processes(skips: SkipCounter, state: dict[str, Any]) -> dict[str, Any]:
+    """The bad records of all processes (and of the run before a resume): total and by reason."""
+    by_reason = _add_counts(*gather_object([skips.by_reason]), state.get("skipped_by_reason", {}))
+    # A checkpoint written before counts by reason existed holds only the total.
+    unnamed = state.get("skipped_records", 0) - sum(state.get("skipped_by_reason", {}).values())
+    total = sum(by_reason.values()) + unnamed
+    return {"skipped_records": total, "skipped_by_reason": by_reason}
 
 
 def _nonfinite_message(step: int, count: int, cfg: Config) -> str:
@@ -344,7 +368,7 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
     batches = iter(loader)
     while step < cfg.train.max_steps:
         waited = time.perf_counter()
-        micro_batches = [next(batches) for _ in range(accum)]
+        micro_batches = [next_batch(batches) for _ in range(accum)]
         interval.data_wait += time.perf_counter() - waited
         for batch in micro_batches:
             skips.update(batch.pop("skipped"))
@@ -375,12 +399,13 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
                    "grad_norm": round(float(grad_norm), 4) if grad_norm is not None else None,
                    **interval.take(), "elapsed_s": round(time.perf_counter() - start, 1),
                    "skipped_records": skips.total + state.get("skipped_records", 0),
+                   "skipped_by_reason": _add_counts(skips.by_reason, state.get("skipped_by_reason", {})),
                    "nonfinite_steps": nonfinite_total}
         if eval_loader is not None and (step % cfg.train.eval_every == 0 or step == cfg.train.max_steps):
             rec = {"step": step, **rec, "eval_loss": round(heldout_loss(model, eval_loader, accelerator,
                                                                           cfg.train.eval_batches), 5)}
         if rec:
-            accelerator.log(rec, step=step)
+            accelerator.log(_flat(rec), step=step)  # trackers take numbers: skipped_by_reason.<reason>
             if accelerator.is_main_process:
                 log_file.write(json.dumps(rec) + "\n")
                 log_file.flush()
@@ -390,20 +415,20 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
             costs = meter.totals()
             save_training_state(accelerator, run_dir, step, {
                 "data_position": _merged_position(accelerator, position), "nonfinite_steps": nonfinite_total,
-                "skipped_records": _all_processes(accelerator, skips.total) + state.get("skipped_records", 0),
+                **_skipped_all_processes(skips, state),
                 "cost": {"wall_time_s": costs["wall_time_s"], "energy_kwh": costs["energy_kwh"]}},
                 keep=cfg.train.keep_checkpoints)
     bar.close()
     wall = time.perf_counter() - start
-    skipped_total = _all_processes(accelerator, skips.total) + state.get("skipped_records", 0)
-    if skipped_total:
-        log.warning("skipped %d unreadable records during training (see the warnings above for their keys)",
-                    skipped_total)
+    skipped = _skipped_all_processes(skips, state)
+    if skipped["skipped_records"]:
+        log.warning("skipped %d bad records during training (%s; see the warnings above for their keys)",
+                    skipped["skipped_records"], ", ".join(f"{n} {r}" for r, n in skipped["skipped_by_reason"].items()))
     shards_by_rank = gather_object([loader.dataset.rank_shards()])
     cost = run_cost(accelerator, meter)
     summary = {"steps": step, "samples": step * cfg.train.batch_size * accum * world, "wall_time_s": round(wall, 1),
                "device": str(accelerator.device.type), "num_processes": world, "parameters": n_params,
-               "trainable_parameters": trainable, "skipped_records": skipped_total, "nonfinite_steps": nonfinite_total,
+               "trainable_parameters": trainable, **skipped, "nonfinite_steps": nonfinite_total,
                "total_wall_time_s": cost["wall_time_s"], "gpu_hours": cost["gpu_hours"],
                "energy_kwh": cost["energy_kwh"], "gpu": cost["gpu"], "shards_by_rank": shards_by_rank,
                "resumed_from_step": state.get("step", 0)}
