@@ -38,6 +38,15 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "conv_stem": ("3 stride-2 3x3 convolutions in place of the 16 px patchify convolution", CONV_STEM),
     "mlp": ("LLaVA's MLP connector: 64 image tokens instead of 16", ["model.connector.kind=mlp"]),
     "combo": ("transcripts + digits + conv stem", TRANSCRIPTS + DIGITS + CONV_STEM),
+    "combo-transcripts": ("the combination without transcripts", DIGITS + CONV_STEM),
+    "combo-digits": ("the combination without single-digit tokens", TRANSCRIPTS + CONV_STEM),
+    "combo-conv_stem": ("the combination without the conv stem", TRANSCRIPTS + DIGITS),
+    # The thesis: a model over 4x the default's size trained the plain way (questions only, the default's
+    # tokenizer and resolution), at the same wall-clock budget.
+    "plain_5x": ("5x the parameters (ViT and LM 384 wide, 6 layers), questions only", [
+        "model.vision.vision_cfg={image_size: 128, patch_size: 16, width: 384, layers: 6, head_width: 64}",
+        "model.lm.config={model_type: llama, hidden_size: 384, num_hidden_layers: 6, num_attention_heads: 6, "
+        "num_key_value_heads: 6, intermediate_size: 1024, max_position_embeddings: 512, tie_word_embeddings: true}"]),
 }
 
 
