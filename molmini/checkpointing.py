@@ -59,6 +59,13 @@ def check_run_folder(run_dir: Path, resume: str, overwrite: bool) -> None:
     if not resume and not overwrite and holds_run(run_dir):
         raise RunFolderError(f"the run folder {run_dir} already holds a run; pass --resume auto to continue it, "
                              "choose another train.run_name, or pass --overwrite to move it aside and start anew")
+    finished = [n for n in ("checkpoint", "train_summary.json") if (run_dir / n).exists()]
+    if resume == "auto" and finished and not complete_checkpoints(run_dir):
+        # `auto` starts fresh where there is nothing to continue: right for a run killed before its first
+        # checkpoint, but here it would train over a finished run.
+        raise RunFolderError(f"--resume auto: the run folder {run_dir} holds a finished run ({', '.join(finished)}) "
+                             "and no checkpoints/step-N to continue from; choose another train.run_name, or pass "
+                             "--overwrite instead to move it aside and start anew")
 
 
 def move_run_aside(run_dir: Path) -> Path | None:

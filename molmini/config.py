@@ -84,7 +84,8 @@ class ModelConfig:
 
 @dataclass
 class SynthConfig:
-    """How `train.py` creates synthetic data when the data folders hold none (or other data)."""
+    """How `train.py` creates synthetic data in data folders that are empty or missing (a folder holding
+    anything but this very set is an error, never replaced)."""
     # charts, tables or documents (data_pipelines/synth/)
     generator: str = "charts"
     # Extra arguments of that generator's synthesize(), e.g. {variety: full} for charts, {noise: false}
@@ -103,7 +104,8 @@ class SynthConfig:
 class DataConfig:
     train_dir: str = "data/charts/train"
     test_dir: str = "data/charts/test"
-    # Create the shards with the synthetic generator when a data folder has none.
+    # Create the shards with the synthetic generator when a data folder is empty or missing; null: use
+    # the folders as they are.
     synth: SynthConfig | None = field(default_factory=SynthConfig)
     shuffle_buffer: int = 1000
     num_workers: int = 1

@@ -259,12 +259,12 @@ def _nonfinite_message(step: int, count: int, cfg: Config) -> str:
             "`--resume auto` continues from the last checkpoint")
 
 
-# Keys a resumed run may change: they decide what is logged, evaluated, kept or how data is rendered, not
-# what is trained. Any other change would leave the run's schedule, data order or batches as they were
-# while config.yaml claimed the new values.
-CHANGEABLE_ON_RESUME = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every",
-                        "train.eval_batches", "train.trackers", "train.project", "train.max_nonfinite_steps",
-                        "data.synth.workers", "eval.")
+# Keys a resumed run may change: they decide where the run is, what is logged, evaluated or kept, or how
+# data is rendered, not what is trained. Any other change would leave the run's schedule, data order or
+# batches as they were while config.yaml claimed the new values.
+CHANGEABLE_ON_RESUME = ("train.run_name", "train.output_dir", "train.log_every", "train.checkpoint_every",
+                        "train.keep_checkpoints", "train.eval_every", "train.eval_batches", "train.trackers",
+                        "train.project", "train.max_nonfinite_steps", "data.synth.workers", "eval.")
 
 
 def check_resumed_config(cfg: Config, checkpoint: Path) -> None:

@@ -120,6 +120,13 @@ def test_a_run_folder_that_holds_a_run_is_not_reused_without_resume(tmp_path, ca
     assert "runs/mine" in line and "--resume auto" in line and "train.run_name" in line and "--overwrite" in line
     assert folder_hashes(run_dir) == before
 
+    # A finished run without checkpoints/step-N is not "resumed" by training over it either.
+    (tmp_path / "runs" / "done").mkdir()
+    (tmp_path / "runs" / "done" / "train_summary.json").write_text("{}")
+    assert train.main(tiny_run(data, "train.run_name=done", "--resume", "auto")) == 2
+    assert "finished run" in one_error_line(capsys.readouterr().err)
+    assert [p.name for p in (tmp_path / "runs" / "done").iterdir()] == ["train_summary.json"]
+
     # --overwrite moves the old run aside, whole, and starts anew in an empty folder.
     assert train.main(tiny_run(data, "train.run_name=mine", "--overwrite")) == 0
     aside = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("mine.replaced-")]
