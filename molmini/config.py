@@ -305,7 +305,8 @@ def validate(cfg: Config) -> None:
     at_least = [("train.batch_size", cfg.train.batch_size, 1), ("train.max_steps", cfg.train.max_steps, 1),
                 ("train.log_every", cfg.train.log_every, 1), ("train.grad_accum_steps", cfg.train.grad_accum_steps, 1),
                 ("train.checkpoint_every", cfg.train.checkpoint_every, 0),
-                ("train.keep_checkpoints", cfg.train.keep_checkpoints, 0), ("train.eval_every", cfg.train.eval_every, 0),
+                ("train.keep_checkpoints", cfg.train.keep_checkpoints, 0),
+                ("train.eval_every", cfg.train.eval_every, 0),
                 ("train.max_nonfinite_steps", cfg.train.max_nonfinite_steps, 0), ("train.lora.r", cfg.train.lora.r, 0),
                 ("data.max_length", cfg.data.max_length, 1), ("data.shuffle_buffer", cfg.data.shuffle_buffer, 0),
                 ("data.num_workers", cfg.data.num_workers, 0), ("eval.batch_size", cfg.eval.batch_size, 1),
@@ -326,7 +327,8 @@ def validate(cfg: Config) -> None:
     for key, value, low in at_least:
         if value < low:
             raise ConfigError(f"config key {key!r} must be at least {low}, got {value!r}")
-    for key, value in (("data.transcript_prob", cfg.data.transcript_prob), ("train.lora.dropout", cfg.train.lora.dropout)):
+    for key, value in (("data.transcript_prob", cfg.data.transcript_prob),
+                       ("train.lora.dropout", cfg.train.lora.dropout)):
         if not 0 <= value <= 1:
             raise ConfigError(f"config key {key!r} must be between 0 and 1, got {value!r}")
     if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):

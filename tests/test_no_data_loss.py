@@ -103,8 +103,8 @@ def test_a_finished_conversion_replaces_only_the_shard_set(user_shards, tmp_path
 
 def tiny_run(data, *extra):
     """train.py's arguments for a 2-step run; `extra` are more overrides, then flags."""
-    return ["--no-eval", *TINY_OVERRIDES, f"data.train_dir={data / 'train'}", f"data.test_dir={data / 'test'}", "data.synth=null",
-            "data.num_workers=0", "data.shuffle_buffer=4", "train.max_steps=2", "train.batch_size=2",
+    return ["--no-eval", *TINY_OVERRIDES, f"data.train_dir={data / 'train'}", f"data.test_dir={data / 'test'}",
+            "data.synth=null", "data.num_workers=0", "data.shuffle_buffer=4", "train.max_steps=2", "train.batch_size=2",
             "train.log_every=1", "train.trackers=[]", "optim.warmup_steps=1", *extra]
 
 
