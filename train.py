@@ -3,7 +3,8 @@
 The default run creates the synthetic chart data when its folders are empty, trains, evaluates the saved
 checkpoint on the held-out split and writes everything to runs/<name>/. Multi-process:
 `accelerate launch --multi_gpu --num_processes 2 train.py ...`; resume a run with
-`python train.py ... train.run_name=NAME --resume auto`.
+`python train.py ... train.run_name=NAME --resume auto`. A run folder that holds a run is never
+overwritten: without `--resume` the run refuses to start there; `--overwrite` moves the old run aside.
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from pathlib import Path
 
 from accelerate.utils import broadcast_object_list
 
+from molmini.checkpointing import check_run_folder, move_run_aside
 from molmini.config import Config, ConfigError, load_config
-from molmini.data import UnusableDataError, find_shards
+from molmini.data import find_shards
+from molmini.errors import run_reporting_errors
 from molmini.hub import write_model_card
 from molmini.model import MolminiModel
 from molmini.training import NonFiniteLossError, make_accelerator, train
@@ -29,7 +32,8 @@ SYNTH_GENERATORS = ("charts", "tables", "documents")
 
 
 def prepare_data(cfg: Config) -> None:
-    """Synthesize the train and held-out splits where configured (reused when already there)."""
+    """Synthesize the train and held-out splits where configured: reused when a folder holds exactly that
+    set, written when it is empty or missing; a folder holding anything else is an error, never replaced."""
     synth = cfg.data.synth
     if synth is not None:
         if synth.generator not in SYNTH_GENERATORS:
@@ -38,15 +42,20 @@ def prepare_data(cfg: Config) -> None:
         import inspect
         synthesize = importlib.import_module(f"data_pipelines.synth.{synth.generator}").synthesize
         known = set(inspect.signature(synthesize).parameters) - {"out_dir", "num_images", "seed", "split", "image_px",
-                                                                 "workers", "shard_size", "progress"}
+                                                                 "workers", "shard_size", "progress", "replace_own"}
         unknown = sorted(set(synth.options) - known)
         if unknown:
             raise ConfigError(f"data.synth.options {unknown} are not options of the {synth.generator} generator; "
                               f"it takes {sorted(known)}")
-        for folder, n, seed, split in ((cfg.data.train_dir, synth.num_train, synth.seed, "train"),
-                                       (cfg.data.test_dir, synth.num_test, synth.test_seed, "test")):
-            synthesize(folder, n, seed, split=split, image_px=synth.image_px, workers=synth.workers,
-                       shard_size=synth.shard_size, **synth.options)
+        from data_pipelines.synth.common import FolderInUseError
+        for key, folder, n, seed, split in (("train_dir", cfg.data.train_dir, synth.num_train, synth.seed, "train"),
+                                            ("test_dir", cfg.data.test_dir, synth.num_test, synth.test_seed, "test")):
+            try:
+                synthesize(folder, n, seed, split=split, image_px=synth.image_px, workers=synth.workers,
+                           shard_size=synth.shard_size, replace_own=False, **synth.options)
+            except FolderInUseError as e:
+                raise ConfigError(f"data.{key}: {e}. To train on the data there as it is, set data.synth=null; "
+                                  f"to synthesize, point data.{key} at another (empty or new) folder") from None
     if not cfg.data.mixture:
         find_shards(cfg.data.train_dir)
     find_shards(cfg.data.test_dir)
@@ -59,40 +68,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", default="", metavar="auto|PATH",
                     help="continue a run: `auto` takes the latest complete checkpoint of the run folder (needs "
                          "train.run_name; starts fresh when there is none), or give a checkpoints/step-N folder")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="start anew in a run folder that holds a run: the old run is renamed to "
+                         "NAME.replaced-TIMESTAMP beside it (nothing is deleted)")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error (also MOLMINI_DEBUG=1)")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 train.max_steps=100")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(lambda: run(args), debug=args.debug)
 
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
     if args.resume == "auto" and not cfg.train.run_name:
-        print("error: --resume auto continues the run folder named by train.run_name; pass "
-              "train.run_name=NAME (the same as the run to continue)", file=sys.stderr)
-        return 2
+        raise ConfigError("--resume auto continues the run folder named by train.run_name; pass "
+                          "train.run_name=NAME (the same as the run to continue)")
     accelerator = make_accelerator(cfg)
     name = [cfg.train.run_name or time.strftime("%Y%m%d-%H%M%S")]
     broadcast_object_list(name)  # every process writes to the main process's run folder
     run_dir = Path(cfg.train.output_dir) / name[0]
     if args.resume not in ("", "auto") and not cfg.train.run_name:
         run_dir = Path(args.resume).parent.parent  # RUN/checkpoints/step-N continues in RUN
-    try:
-        with accelerator.main_process_first():
-            prepare_data(cfg)
-    except (FileNotFoundError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    check_run_folder(run_dir, args.resume, args.overwrite)  # by every process before any writes
+    if args.overwrite and accelerator.is_main_process:
+        aside = move_run_aside(run_dir)
+        if aside is not None:
+            print(f"--overwrite: moved the run that was in {run_dir} to {aside}")
+    accelerator.wait_for_everyone()
+    with accelerator.main_process_first():
+        prepare_data(cfg)
 
     try:
         summary = train(cfg, run_dir, accelerator, resume=args.resume)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except UnusableDataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     if accelerator.is_main_process and not args.no_eval:
         from eval.heldout import evaluate, format_table, write_results
         checkpoint = run_dir / "checkpoint"

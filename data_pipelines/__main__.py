@@ -1,7 +1,10 @@
 """Command line: ``python -m data_pipelines GROUP ...``.
 
 Each command group (``synth``, ``convert``, ``curate``; ``inspect`` later) registers its own subparser in
-`build_parser`, and each leaf command sets ``func`` to the function that runs it.
+`build_parser`, and each leaf command sets ``func`` to the function that runs it. An output folder is
+written beside itself and swapped in at the end (data_pipelines.shards.atomic_output_dir), so a command
+that fails leaves it as it was; a bad input is one `error: ...` line and exit status 2 (`--debug` or
+MOLMINI_DEBUG=1: the traceback).
 """
 from __future__ import annotations
 
@@ -201,6 +204,7 @@ def _add_inspect(commands: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data_pipelines", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also MOLMINI_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_synth(commands)
     _add_convert(commands)
@@ -212,11 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        return args.func(args)
-    except (FileNotFoundError, ValueError) as e:  # bad input: one line naming it, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from molmini.errors import run_reporting_errors
+    return run_reporting_errors(lambda: args.func(args), debug=args.debug)
 
 
 if __name__ == "__main__":

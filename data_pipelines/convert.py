@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from data_pipelines.report import ConversionStats
-from data_pipelines.shards import ShardWriter
+from data_pipelines.shards import ShardWriter, atomic_output_dir
 from molmini.data import IMAGE_MARKER, Record, RecordError, strip_image_marker, validate_messages
 
 log = logging.getLogger(__name__)
@@ -414,11 +414,13 @@ def write_shards(records: Iterable[Record], out_dir: str | os.PathLike, *, gener
                  stats: ConversionStats | None = None, params: dict[str, Any] | None = None,
                  split: str = "train", shard_size: int = 1000, progress: bool = True) -> dict[str, Any]:
     """Write `records` into shards in `out_dir`; the manifest counts them by source and task, and its
-    params hold `params` plus the conversion stats. Returns the manifest."""
+    params hold `params` plus the conversion stats. Returns the manifest. The shards replace those in
+    `out_dir` only once all are written: an error (an unreadable input) leaves `out_dir` as it was."""
     # The stats are complete only once every record is written, so the writer asks for them at close.
     late = (lambda: {"conversion": stats.as_dict()}) if stats is not None else None
-    with ShardWriter(out_dir, generator=generator, generator_version=CONVERTER_VERSION, split=split,
-                     params=params, maxcount=shard_size, late_params=late) as writer:
+    with atomic_output_dir(out_dir) as tmp, \
+            ShardWriter(tmp, generator=generator, generator_version=CONVERTER_VERSION, split=split,
+                        params=params, maxcount=shard_size, late_params=late) as writer:
         for record in tqdm(records, desc=f"{generator} -> {out_dir}", unit="rec", disable=not progress):
             writer.write(record)
     return writer.manifest

@@ -6,15 +6,17 @@ manifest is what an interrupted run leaves behind.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tarfile
 import tempfile
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import webdataset
 
@@ -196,6 +198,29 @@ def verify_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     if problems:
         raise ManifestError(f"shard folder {folder} does not match its manifest:\n  " + "\n  ".join(problems))
     return manifest
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """A new, empty folder beside `out_dir` for a command to write its output into. When the block ends
+    without an error, that output replaces `out_dir`'s manifest and shards (its other files stay); on an
+    error it is deleted and `out_dir` is left exactly as it was, so a failed conversion, synthesis or
+    curation never costs the data that was there. Beside `out_dir` rather than in /tmp, so that moving
+    the files in is a rename on one file system."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output folder {out} is a file; pass a folder with --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        yield tmp
+        out.mkdir(exist_ok=True)
+        remove_shards(out)
+        # The manifest moves last: until it is in place the folder reads as incomplete, never as a mix.
+        for path in sorted(tmp.iterdir(), key=lambda p: (p.name == MANIFEST_NAME, p.name)):
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def remove_shards(folder: str | os.PathLike) -> None:

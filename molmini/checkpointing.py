@@ -2,15 +2,22 @@
 
 `run_dir/checkpoints/step-N/` holds accelerate's state (model, optimizer, scheduler, RNG of every process)
 and `trainer_state.json` (step, data position, counters). It is written as `.tmp-step-N/` and renamed
-into place once complete, with a `COMPLETE` marker as its last file, so a run killed mid-write leaves the
-previous checkpoint as the latest loadable one. The last `keep` checkpoints are kept. On several machines
-the run folder must be on a file system they share.
+into place once complete, with a `COMPLETE` marker as its last file (listing every file's size), so a run
+killed mid-write leaves the previous checkpoint as the latest loadable one, and a checkpoint damaged later
+(a file cut short) is named and passed over for the one before it. The last `keep` checkpoints are kept.
+On several machines the run folder must be on a file system they share.
+
+A run folder holds one run: `check_run_folder` refuses to start a new run in a folder that holds one
+unless it is resumed, or `--overwrite` moves the old run aside (nothing is deleted).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +28,78 @@ from .stages import merge_lora
 STATE_FILE = "trainer_state.json"
 COMPLETE = "COMPLETE"
 PREFIX = "step-"
+LOG_FILE = "train_log.jsonl"
+# What a run writes into its folder: any of these means the folder holds a run.
+RUN_FILES = ("config.yaml", LOG_FILE, "train_summary.json", "cost.json", "checkpoint", "checkpoints",
+             "eval_results.json", "eval_predictions.jsonl")
+
+log = logging.getLogger(__name__)
+
+
+class RunFolderError(FileExistsError):
+    """A run folder that already holds another run."""
+
+
+# ---- run folders ------------------------------------------------------------------------------------------
+
+def holds_run(run_dir: Path) -> bool:
+    return any((Path(run_dir) / name).exists() for name in RUN_FILES)
+
+
+def check_run_folder(run_dir: Path, resume: str, overwrite: bool) -> None:
+    """Refuse to start a new run where one is already (its log, checkpoint and summary would be
+    overwritten and its checkpoints/step-N resumed by the next `--resume auto`)."""
+    run_dir = Path(run_dir)
+    for parent in [run_dir, *run_dir.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(f"the run folder {run_dir} cannot be made: {parent} is a file; choose "
+                                     "another train.output_dir")
+    if resume and overwrite:
+        raise RunFolderError("--resume continues a run and --overwrite replaces it: pass one of them")
+    if not resume and not overwrite and holds_run(run_dir):
+        raise RunFolderError(f"the run folder {run_dir} already holds a run; pass --resume auto to continue it, "
+                             "choose another train.run_name, or pass --overwrite to move it aside and start anew")
+    finished = [n for n in ("checkpoint", "train_summary.json") if (run_dir / n).exists()]
+    if resume == "auto" and finished and not complete_checkpoints(run_dir):
+        # `auto` starts fresh where there is nothing to continue: right for a run killed before its first
+        # checkpoint, but here it would train over a finished run.
+        raise RunFolderError(f"--resume auto: the run folder {run_dir} holds a finished run ({', '.join(finished)}) "
+                             "and no checkpoints/step-N to continue from; choose another train.run_name, or pass "
+                             "--overwrite instead to move it aside and start anew")
+
+
+def move_run_aside(run_dir: Path) -> Path | None:
+    """`--overwrite`: rename a run folder that holds a run to NAME.replaced-TIMESTAMP beside it (deleting
+    nothing), so the new run starts in an empty folder. Returns the new name of the old run."""
+    run_dir = Path(run_dir)
+    if not holds_run(run_dir):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside, n = run_dir.with_name(f"{run_dir.name}.replaced-{stamp}"), 1
+    while aside.exists():
+        n += 1
+        aside = run_dir.with_name(f"{run_dir.name}.replaced-{stamp}-{n}")
+    os.replace(run_dir, aside)
+    return aside
+
+
+def read_train_log(path: Path) -> list[dict[str, Any]]:
+    """The records of a train_log.jsonl. A last line cut short (the run was killed while writing it) is
+    left out; an unreadable line before the last is an error naming the file and line."""
+    lines = [(i, l) for i, l in enumerate(Path(path).read_text().splitlines(), 1) if l.strip()]
+    records = []
+    for n, (i, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if n == len(lines) - 1:
+                log.warning("%s: line %d is incomplete (the run was stopped while writing it); left out", path, i)
+                break
+            raise ValueError(f"{path} line {i} is not a JSON record: {line[:80]!r}") from None
+    return records
+
+
+# ---- training state ---------------------------------------------------------------------------------------
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -35,18 +114,51 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
 
+def checkpoint_damage(path: Path) -> str | None:
+    """What is wrong with a complete checkpoint's files (None: nothing found): a file missing or not of
+    the size it was written with, or a trainer state that does not parse. Sizes only, so this is cheap."""
+    path = Path(path)
+    try:
+        sizes = json.loads((path / COMPLETE).read_text() or "{}")  # empty: written before sizes were listed
+        for name, size in sizes.items():
+            file = path / name
+            if not file.is_file():
+                return f"{file} is missing"
+            if file.stat().st_size != size:
+                return f"{file} is {file.stat().st_size} bytes but was written with {size}"
+        step = json.loads((path / STATE_FILE).read_text())["step"]
+        if not isinstance(step, int):
+            raise TypeError("step is not a number")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"{path / STATE_FILE} or {path / COMPLETE} is unreadable ({e})"
+    return None
+
+
 def resolve_resume(run_dir: Path, resume: str) -> Path | None:
-    """`auto`: the latest complete checkpoint of `run_dir` (None when there is none yet, so a job script can
-    always pass it); a path: that checkpoint, which must be complete; empty: None."""
+    """`auto`: the latest complete, undamaged checkpoint of `run_dir` (None when there is none yet, so a job
+    script can always pass it); a damaged one is named in a warning and the one before it taken. A path:
+    that checkpoint, which must be complete and undamaged. Empty: None."""
     if not resume:
         return None
     if resume == "auto":
         done = complete_checkpoints(run_dir)
-        return done[-1] if done else None
+        for path in reversed(done):
+            damage = checkpoint_damage(path)
+            if damage is None:
+                return path
+            log.warning("checkpoint %s is damaged: %s; falling back to the checkpoint before it", path, damage)
+        if done:
+            raise FileNotFoundError(f"every checkpoint of {run_dir} is damaged (see the warnings above); "
+                                    "start the run anew with --overwrite, or under another train.run_name")
+        return None
     path = Path(resume)
     if not (path / COMPLETE).is_file():
         raise FileNotFoundError(f"--resume {resume!r} is not a complete training checkpoint (no {COMPLETE} "
                                 f"marker); pass a run's checkpoints/step-N folder or `auto`")
+    damage = checkpoint_damage(path)
+    if damage is not None:
+        raise FileNotFoundError(f"--resume {resume!r}: checkpoint is damaged: {damage}; pass an earlier "
+                                "checkpoints/step-N folder or `auto` (which skips damaged ones)")
     return path
 
 
@@ -63,7 +175,9 @@ def save_training_state(accelerator, run_dir: Path, step: int, state: dict[str, 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_synced(tmp / STATE_FILE, json.dumps({"step": step, **state}, indent=2))
-        _write_synced(tmp / COMPLETE, "")
+        # The sizes of what was written, so that a file cut short later is found before it is loaded.
+        sizes = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+        _write_synced(tmp / COMPLETE, json.dumps(sizes, indent=1))
         if final.exists():  # written by an earlier attempt that was resumed from before it
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -75,7 +189,11 @@ def save_training_state(accelerator, run_dir: Path, step: int, state: dict[str, 
 def load_training_state(accelerator, path: Path) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and RNG states into the prepared objects; returns the trainer
     state (step, data position, counters)."""
-    accelerator.load_state(str(path))
+    try:
+        accelerator.load_state(str(path))
+    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as e:
+        raise ValueError(f"checkpoint {path} could not be loaded ({type(e).__name__}: {e}); resume from an earlier "
+                         "checkpoints/step-N folder") from e
     return json.loads((Path(path) / STATE_FILE).read_text())
 
 

@@ -3,6 +3,9 @@
     molmini generate --model DIR_OR_HUB_ID --image IMG [IMG ...] --prompt TEXT   answers from a checkpoint
     molmini push CHECKPOINT_DIR OWNER/NAME [--private]                           publish to the hub
     molmini plot RUN_DIR [--out PNG]                                             the run's training curves
+
+A bad input (a missing folder, a damaged checkpoint, a prompt that does not fit its images) is one
+`error: ...` line and exit status 2; `molmini --debug ...` or MOLMINI_DEBUG=1 shows the traceback.
 """
 from __future__ import annotations
 
@@ -20,10 +23,11 @@ PANELS = [("loss per answer token", ["loss", "eval_loss"]), ("learning rate", ["
 
 
 def read_log(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "train_log.jsonl"
+    from .checkpointing import LOG_FILE, read_train_log
+    path = Path(run_dir) / LOG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: pass a run folder written by train.py (runs/<name>)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_train_log(path)  # a last line cut short by a kill is left out
 
 
 def plot(args: argparse.Namespace) -> int:
@@ -66,6 +70,7 @@ def plot(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
 
+    from .data import IMAGE_MARKER
     from .model import MolminiModel
     images = []
     for path in args.image:
@@ -76,6 +81,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
             return 2
     prompts = args.prompt
     if args.together:  # all images in one prompt, one <image> marker each
+        if len(prompts) != 1:
+            print(f"error: --together puts all images in one prompt, but {len(prompts)} prompts were given",
+                  file=sys.stderr)
+            return 2
         items = [(images, prompts[0], {"images": args.image})]
     else:
         if len(prompts) == 1:
@@ -85,6 +94,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         items = [(im, p, {"image": path}) for im, p, path in zip(images, prompts, args.image)]
+    for im, prompt, _ in items:
+        n, markers = len(im) if isinstance(im, list) else 1, prompt.count(IMAGE_MARKER)
+        if markers != n and not (markers == 0 and n == 1):
+            print(f"error: the prompt {prompt!r} has {markers} {IMAGE_MARKER} markers for {n} image(s); put one "
+                  f"{IMAGE_MARKER} per image (a single image needs none)", file=sys.stderr)
+            return 2
     model = MolminiModel.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     kwargs = {"max_new_tokens": args.max_new_tokens}
     if args.num_beams > 1:
@@ -114,8 +129,26 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def at_least(low: float, kind: type = int):
+    """An argparse type: a number of `kind` that is at least `low`."""
+    def parse(text: str):
+        value = kind(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+    return parse
+
+
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="molmini", description=__doc__)
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error (also MOLMINI_DEBUG=1)")
     sub = ap.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="answer a prompt about an image with a checkpoint")
@@ -124,11 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", required=True, nargs="+", help="one prompt, or one per image")
     gen.add_argument("--together", action="store_true",
                      help="put all images in one prompt (mark each with <image> in the prompt)")
-    gen.add_argument("--max-new-tokens", type=int, default=64)
-    gen.add_argument("--num-beams", type=int, default=1, help="beam search width (1: greedy)")
-    gen.add_argument("--temperature", type=float, default=0.0, help="sample at this temperature (0: greedy)")
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--batch-size", type=int, default=16)
+    gen.add_argument("--max-new-tokens", type=at_least(1), default=64)
+    gen.add_argument("--num-beams", type=at_least(1), default=1, help="beam search width (1: greedy)")
+    gen.add_argument("--temperature", type=at_least(0.0, float), default=0.0,
+                     help="sample at this temperature (0: greedy)")
+    gen.add_argument("--top-p", type=probability, default=1.0)
+    gen.add_argument("--batch-size", type=at_least(1), default=16)
     gen.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:1, ...")
     gen.add_argument("--dtype", default=None, help="e.g. bfloat16 on a GPU (default: as saved, float32)")
     gen.add_argument("--stream", action="store_true", help="print the answer token by token (one image)")
@@ -149,12 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .errors import run_reporting_errors
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(lambda: args.func(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -91,7 +91,8 @@ class ModelConfig:
 
 @dataclass
 class SynthConfig:
-    """How `train.py` creates synthetic data when the data folders hold none (or other data)."""
+    """How `train.py` creates synthetic data in data folders that are empty or missing (a folder holding
+    anything but this very set is an error, never replaced)."""
     # charts, tables or documents (data_pipelines/synth/)
     generator: str = "charts"
     # Extra arguments of that generator's synthesize(), e.g. {variety: full} for charts, {noise: false}
@@ -110,7 +111,8 @@ class SynthConfig:
 class DataConfig:
     train_dir: str = "data/charts/train"
     test_dir: str = "data/charts/test"
-    # Create the shards with the synthetic generator when a data folder has none.
+    # Create the shards with the synthetic generator when a data folder is empty or missing; null: use
+    # the folders as they are.
     synth: SynthConfig | None = field(default_factory=SynthConfig)
     shuffle_buffer: int = 1000
     num_workers: int = 1
@@ -238,7 +240,31 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
 
 
 def _coerce(tp: Any, value: Any, dotted: str) -> Any:
-    """Check a scalar against its field type; YAML reads '1e-4' as a string, so floats are parsed."""
+    """Check a value against its field type; YAML reads '1e-4' as a string, so floats are parsed. Lists and
+    dicts are checked element by element; a single scalar given for a list of scalars is that one element
+    (train.trackers=wandb means [wandb], not the letters w, a, n, d, b)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if args and type(None) in args:  # an optional value, e.g. int | None
+        if value is None:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        return _coerce(rest[0], value, dotted) if len(rest) == 1 else value
+    if origin is list:
+        (item,) = args or (Any,)
+        if not isinstance(value, list):
+            if item in (str, int, float) and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                value = [value]
+            else:
+                raise ConfigError(f"config key {dotted!r} must be a list of {_type_name(item)}, got {value!r}"
+                                  + _list_hint(item, dotted))
+        return [_coerce(item, v, f"{dotted}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        value_type = args[1] if len(args) == 2 else Any
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {dotted!r} must be a mapping ({{key: value, ...}}), got {value!r}")
+        return {k: _coerce(value_type, v, f"{dotted}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
     if tp is float and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         try:
             return float(value)
@@ -252,8 +278,71 @@ def _coerce(tp: Any, value: Any, dotted: str) -> Any:
         # YAML reads an unquoted no/off/false as False (e.g. train.mixed_precision=no): keep the word meant
         return "yes" if value else "no"
     elif tp not in (float, int, str, bool):
-        return value  # containers are checked where they are used
-    raise ConfigError(f"config key {dotted!r} must be {tp.__name__}, got {value!r}")
+        return value
+    raise ConfigError(f"config key {dotted!r} must be {_type_name(tp)}, got {value!r}")
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is dict:
+        return "mappings"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _list_hint(item: Any, dotted: str) -> str:
+    if typing.get_origin(item) is dict and dotted == "data.mixture":
+        return "; e.g. data.mixture=[{dir: data/charts/train, weight: 1.0}]"
+    return ""
+
+
+# ---- ranges -----------------------------------------------------------------------------------------------
+
+COMPONENTS = ("vision", "connector", "lm")  # the keys of the per-component learning rates and warmups
+
+
+def check_run_name(name: str) -> None:
+    """A run name is one folder inside train.output_dir: no separators, no '..', not absolute."""
+    if name and (name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute()):
+        raise ConfigError(f"train.run_name {name!r} must be a plain folder name (no '/', no '..'): the run "
+                          "folder is train.output_dir/NAME; put runs elsewhere with train.output_dir")
+
+
+def validate(cfg: Config) -> None:
+    """Reject values out of range when the config loads, naming the key, rather than failing at step 1
+    (train.log_every=0) or training nonsense without a word (train.max_steps=0)."""
+    at_least = [("train.batch_size", cfg.train.batch_size, 1), ("train.max_steps", cfg.train.max_steps, 1),
+                ("train.log_every", cfg.train.log_every, 1), ("train.grad_accum_steps", cfg.train.grad_accum_steps, 1),
+                ("train.checkpoint_every", cfg.train.checkpoint_every, 0),
+                ("train.keep_checkpoints", cfg.train.keep_checkpoints, 0),
+                ("train.eval_every", cfg.train.eval_every, 0),
+                ("train.max_nonfinite_steps", cfg.train.max_nonfinite_steps, 0), ("train.lora.r", cfg.train.lora.r, 0),
+                ("data.max_length", cfg.data.max_length, 1), ("data.shuffle_buffer", cfg.data.shuffle_buffer, 0),
+                ("data.num_workers", cfg.data.num_workers, 0), ("eval.batch_size", cfg.eval.batch_size, 1),
+                ("eval.max_new_tokens", cfg.eval.max_new_tokens, 1), ("eval.max_items", cfg.eval.max_items, 0),
+                ("model.tokenizer.vocab_size", cfg.model.tokenizer.vocab_size, 1),
+                ("model.image.max_crops", cfg.model.image.max_crops, 0),
+                ("optim.lr", cfg.optim.lr, 0), ("optim.weight_decay", cfg.optim.weight_decay, 0),
+                ("optim.warmup_steps", cfg.optim.warmup_steps, 0)]
+    at_least += [(f"optim.lr_{c}", getattr(cfg.optim, f"lr_{c}"), 0) for c in COMPONENTS]
+    at_least += [(f"optim.warmup_{c}", getattr(cfg.optim, f"warmup_{c}"), -1) for c in COMPONENTS]
+    if cfg.train.eval_every > 0:
+        at_least.append(("train.eval_batches", cfg.train.eval_batches, 1))
+    if cfg.data.synth is not None:
+        synth = cfg.data.synth
+        at_least += [("data.synth.num_train", synth.num_train, 1), ("data.synth.num_test", synth.num_test, 1),
+                     ("data.synth.image_px", synth.image_px, 32), ("data.synth.shard_size", synth.shard_size, 1),
+                     ("data.synth.workers", synth.workers, 1)]
+    for key, value, low in at_least:
+        if value < low:
+            raise ConfigError(f"config key {key!r} must be at least {low}, got {value!r}")
+    for key, value in (("data.transcript_prob", cfg.data.transcript_prob),
+                       ("train.lora.dropout", cfg.train.lora.dropout)):
+        if not 0 <= value <= 1:
+            raise ConfigError(f"config key {key!r} must be between 0 and 1, got {value!r}")
+    if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
+        raise ConfigError(f"config key 'optim.betas' must be two numbers in [0, 1), e.g. [0.9, 0.95]; got "
+                          f"{cfg.optim.betas!r}")
+    # Names (optim.freeze, train.mixed_precision, model.multi_annotation) are checked where they are used.
+    check_run_name(cfg.train.run_name)
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:
@@ -304,6 +393,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     lm_given = ((data.get("model") or {}).get("lm") or {}).get("config")
     if lm_given is not None and "model_type" not in lm_given and not cfg.model.lm.name_or_path:
         cfg.model.lm.config = _merge(LMConfig().config, lm_given)
+    validate(cfg)
     return cfg
 
 

@@ -9,7 +9,8 @@ import yaml
 
 
 # What a checkpoint folder holds for from_pretrained (the model card, README.md, is added for publishing).
-CHECKPOINT_FILES = ["config.json", "model.safetensors", "processor_config.json", "tokenizer_config.json"]
+CHECKPOINT_FILES = ["config.json", "model.safetensors", "processor_config.json", "tokenizer_config.json",
+                    "tokenizer.json"]
 
 
 def resolve_checkpoint(name_or_path: str | Path, required: list[str]) -> Path:
@@ -20,8 +21,14 @@ def resolve_checkpoint(name_or_path: str | Path, required: list[str]) -> Path:
             raise FileNotFoundError(f"checkpoint {str(name_or_path)!r} is neither a folder nor a hub id "
                                     "(owner/name); pass the checkpoint folder a training run wrote")
         from huggingface_hub import snapshot_download
-        path = Path(snapshot_download(str(name_or_path), endpoint=os.environ.get("HF_ENDPOINT") or None,
-                                      cache_dir=os.environ.get("HF_HUB_CACHE") or None))
+        try:
+            path = Path(snapshot_download(str(name_or_path), endpoint=os.environ.get("HF_ENDPOINT") or None,
+                                          cache_dir=os.environ.get("HF_HUB_CACHE") or None))
+        except (OSError, ValueError) as e:  # not found, offline, no such repository: the hub's errors
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise FileNotFoundError(f"checkpoint {str(name_or_path)!r}: there is no such folder here, and as a hub "
+                                    f"id it could not be fetched ({reason}); pass the checkpoint folder a training "
+                                    "run wrote (runs/NAME/checkpoint) or an existing hub id") from e
     for name in required:
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path / name} is missing: {path} is not a complete molmini checkpoint")

@@ -23,8 +23,9 @@ from accelerate.utils import DistributedType, gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from .checkpointing import STATE_FILE, load_training_state, publishable_model, resolve_resume, save_training_state
-from .config import Config, save_config
+from .checkpointing import (LOG_FILE, STATE_FILE, load_training_state, publishable_model, read_train_log,
+                            resolve_resume, save_training_state)
+from .config import Config, ConfigError, save_config
 from .cost import CostMeter, peak_flops, run_cost, training_flops
 from .data import (BadRecords, MixtureStream, Record, RecordError, ShardStream, StreamPosition, UnusableDataError,
                    find_shards, mixture_sources, no_usable_record, read_records)
@@ -282,6 +283,34 @@ def _nonfinite_message(step: int, count: int, cfg: Config) -> str:
             "`--resume auto` continues from the last checkpoint")
 
 
+# Keys a resumed run may change: they decide where the run is, what is logged, evaluated or kept, or how
+# data is rendered, not what is trained. Any other change would leave the run's schedule, data order or
+# batches as they were while config.yaml claimed the new values.
+CHANGEABLE_ON_RESUME = ("train.run_name", "train.output_dir", "train.log_every", "train.checkpoint_every",
+                        "train.keep_checkpoints", "train.eval_every", "train.eval_batches", "train.trackers",
+                        "train.project", "train.max_nonfinite_steps", "data.synth.workers", "eval.")
+
+
+def check_resumed_config(cfg: Config, checkpoint: Path) -> None:
+    """Refuse to resume `checkpoint` with settings that change what its run trains, listing them; say which
+    harmless ones changed. The config is the one in the run folder the checkpoint belongs to."""
+    import yaml
+    saved_path = Path(checkpoint).parent.parent / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved, now = _flat(yaml.safe_load(saved_path.read_text()) or {}), _flat(cfg.to_dict())
+    changed = [k for k in now if k in saved and saved[k] != now[k]
+               and not (cfg.train.init_from and k.startswith("model."))]  # then the model is init_from's
+    described = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in changed]
+    refused = [d for k, d in zip(changed, described) if not k.startswith(CHANGEABLE_ON_RESUME)]
+    if refused:
+        raise ConfigError(f"resuming {checkpoint} with settings its run did not train with: {'; '.join(refused)}. "
+                          f"A resumed run keeps its schedule, data order and batches, so resume with its own values "
+                          f"({saved_path}), or start a new run under another train.run_name")
+    if described:
+        log.warning("resuming with %s (recorded in config.yaml)", "; ".join(described))
+
+
 def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, resume: str = "") -> dict[str, Any]:
     """Train per `cfg`; writes the checkpoint to `run_dir/checkpoint` and returns a summary. `resume`:
     `auto` (the latest complete checkpoint of this run folder, if any) or a checkpoints/step-N folder."""
@@ -302,6 +331,8 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
     sources = mixture_sources(cfg.data.mixture) if cfg.data.mixture else None
     train_shards = [s for shards, _ in sources for s in shards] if sources else find_shards(cfg.data.train_dir)
     resume_from = resolve_resume(run_dir, resume)
+    if resume_from is not None:
+        check_resumed_config(cfg, resume_from)
 
     # Tokenizer and model are built identically on every process (same seed, same text).
     model = build_model(cfg, train_shards)
@@ -352,7 +383,7 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
                                   init_kwargs={"wandb": {"name": run_dir.name, "dir": str(run_dir)}})
     if accelerator.is_main_process:
         save_config(cfg, run_dir / "config.yaml")
-        log_file = _open_log(run_dir / "train_log.jsonl", keep_until=step)
+        log_file = _open_log(run_dir / LOG_FILE, keep_until=step)
         print(f"training {n_params / 1e6:.2f}M parameters ({', '.join(f'{k} {v / 1e6:.2f}M' for k, v in trainable.items())} "
               f"trainable) on {world} process(es), device {accelerator.device}, {len(train_shards)} shards, batch "
               f"{cfg.train.batch_size} x {accum} accumulation per process, {cfg.train.max_steps} steps"
@@ -446,11 +477,11 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
 
 def _open_log(path: Path, keep_until: int):
     """The log for appending; on a resume, lines past the resumed step (written after the checkpoint by
-    the interrupted run) are dropped so the log reads as one run."""
+    the interrupted run, the last perhaps cut short) are dropped so the log reads as one run."""
     kept = []
     if keep_until and path.is_file():
-        kept = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= keep_until]
-    path.write_text("".join(l + "\n" for l in kept))
+        kept = [r for r in read_train_log(path) if r.get("step", 0) <= keep_until]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     return open(path, "a")
 
 

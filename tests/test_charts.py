@@ -9,6 +9,7 @@ import webdataset
 from PIL import Image
 
 from data_pipelines.__main__ import main
+from file_hashes import folder_hashes
 from data_pipelines.shards import list_shards, read_manifest, verify_manifest
 from data_pipelines.synth.charts import (GENERATOR_VERSION, PALETTE, QUESTION_TYPES,
                                          make_chart_record, synthesize)
@@ -159,13 +160,16 @@ def test_synthesize_reuses_a_matching_folder_and_regenerates_otherwise(tmp_path,
     assert other_seed["seed"] == 2 and other_seed["shards"] != smaller["shards"]
 
 
-def test_shards_without_manifest_are_regenerated(tmp_path):
+def test_shards_without_manifest_are_left_alone(tmp_path):
+    # An interrupted synthesis leaves its partial set beside the folder, never in it, so shards without a
+    # manifest are someone else's: synthesis refuses to replace them.
     out = tmp_path / "charts"
     synthesize(out, 6, seed=4, shard_size=2, progress=False)
-    (out / "manifest.json").unlink()  # as an interrupted run would leave it
-    manifest = synthesize(out, 4, seed=4, shard_size=2, progress=False)
-    assert len(list_shards(out)) == 2 and manifest["num_samples"] == 4
-    verify_manifest(out)
+    (out / "manifest.json").unlink()
+    before = folder_hashes(out)
+    with pytest.raises(FileExistsError, match="only into an empty or missing folder"):
+        synthesize(out, 4, seed=4, shard_size=2, progress=False)
+    assert folder_hashes(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["charts"]
 
 
 def test_splits_differ(tmp_path):

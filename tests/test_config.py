@@ -1,6 +1,7 @@
 """Configuration: defaults, YAML, overrides and the errors a user meets."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -102,3 +103,38 @@ def test_train_py_synthesizes_any_generator_with_its_options(generator, options,
     bad = load_config(None, [f"data.train_dir={tmp_path / 'x'}", f"data.synth={{generator: {generator}, options: {{colour: red}}}}"])
     with pytest.raises(ConfigError, match="colour"):
         prepare_data(bad)
+
+
+def test_a_scalar_for_a_list_of_words_is_one_element_not_its_letters():
+    cfg = load_config(None, ["train.trackers=wandb", "optim.freeze=vision", "model.vision.feature_layers=-2"])
+    assert cfg.train.trackers == ["wandb"] and cfg.optim.freeze == ["vision"]
+    assert cfg.model.vision.feature_layers == [-2]
+    assert load_config(None, ["train.trackers=[]"]).train.trackers == []
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("data.mixture=data/charts/train", "data.mixture=[{dir:"),  # a list of mappings: a path alone is not one
+    ("data.mixture=[data/charts/train]", "data.mixture[0]"),
+    ("optim.freeze=[vision, 3]", "optim.freeze[1]"),
+    ("model.vision.vision_cfg=wide", "model.vision.vision_cfg"),
+    ("optim.betas=0.9", "optim.betas"),
+])
+def test_lists_and_mappings_are_checked_element_by_element(override, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("override", ["train.batch_size=0", "train.batch_size=-4", "train.log_every=0",
+                                      "train.max_steps=0", "train.grad_accum_steps=0", "eval.max_new_tokens=-1",
+                                      "data.transcript_prob=1.5", "optim.lr=-1", "data.synth.num_train=0"])
+def test_values_out_of_range_are_refused_at_load_naming_the_key(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=re.escape(repr(key))):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("name", ["../up", "a/b", "/abs/path", ".."])
+def test_a_run_name_must_stay_inside_the_output_dir(name):
+    with pytest.raises(ConfigError, match="train.run_name"):
+        load_config(None, [f"train.run_name={name}"])
+    assert load_config(None, ["train.run_name=stage-2.v1"]).train.run_name == "stage-2.v1"

@@ -97,3 +97,78 @@ def test_resume_auto_without_a_checkpoint_starts_fresh_and_needs_a_run_name(tmp_
         resolve_resume(tmp_path, str(tmp_path))
     res = launch([sys.executable, str(ROOT / "train.py"), "--resume", "auto"], tmp_path)
     assert res.returncode == 2 and "train.run_name" in res.stderr
+
+
+# ---- what a resume refuses, and what it survives ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def checkpointed_run(data, tmp_path_factory):
+    """A finished 6-step run with checkpoints at steps 2 and 4 (train.py's main, in this process)."""
+    sys.path.insert(0, str(ROOT))
+    import train
+    work = tmp_path_factory.mktemp("work")
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        assert train.main(resumable(data)) == 0
+    finally:
+        os.chdir(cwd)
+    return work / "runs" / "ckpt"
+
+
+def resumable(data, *extra):
+    return ["--no-eval", *TINY_OVERRIDES, f"data.train_dir={data / 'train'}", f"data.test_dir={data / 'test'}",
+            "data.synth=null", "data.num_workers=0", "data.shuffle_buffer=4", "train.max_steps=6",
+            "train.batch_size=2", "train.log_every=1", "train.trackers=[]", "train.checkpoint_every=2",
+            "train.keep_checkpoints=2", "optim.warmup_steps=1", "train.run_name=ckpt", *extra]
+
+
+@pytest.fixture
+def run_copy(checkpointed_run, tmp_path, monkeypatch):
+    import shutil
+    shutil.copytree(checkpointed_run, tmp_path / "runs" / "ckpt")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "runs" / "ckpt"
+
+
+def test_resuming_with_changed_training_settings_is_refused_naming_them(data, run_copy, capsys, caplog):
+    import train
+    from file_hashes import folder_hashes
+    before = folder_hashes(run_copy)
+    assert train.main(resumable(data, "optim.lr=1e-3", "train.batch_size=4", "--resume", "auto")) == 2
+    err = capsys.readouterr().err
+    assert "optim.lr 0.0005 -> 0.001" in err and "train.batch_size 2 -> 4" in err and "Traceback" not in err
+    assert folder_hashes(run_copy) == before
+    # Settings that only change what is logged are applied, said, and recorded.
+    assert train.main(resumable(data, "train.log_every=2", "--resume", "auto")) == 0
+    out, err = capsys.readouterr()
+    assert "(step 4)" in out and "train.log_every 1 -> 2" in caplog.text
+    assert "log_every: 2" in (run_copy / "config.yaml").read_text()
+
+
+def test_a_damaged_latest_checkpoint_is_named_and_the_one_before_it_resumed(data, run_copy, capsys, caplog):
+    import train
+    optimizer = run_copy / "checkpoints" / "step-4" / "optimizer.bin"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])  # cut short
+    with open(run_copy / "train_log.jsonl", "a") as f:
+        f.write('{"step": 7, "lo')  # a kill while writing the log
+    assert train.main(resumable(data, "--resume", "auto")) == 0
+    out = capsys.readouterr().out
+    assert "step-4/optimizer.bin is 100 bytes" in caplog.text and "falling back" in caplog.text
+    assert "step-2 (step 2)" in out
+    assert [json.loads(l)["step"] for l in (run_copy / "train_log.jsonl").read_text().splitlines()] == list(range(1, 7))
+
+
+def test_a_cut_short_trainer_state_is_named(run_copy):
+    state = run_copy / "checkpoints" / "step-4" / "trainer_state.json"
+    state.write_text(state.read_text()[:10])
+    with pytest.raises(FileNotFoundError, match="trainer_state.json"):
+        resolve_resume(run_copy, str(state.parent))
+    assert resolve_resume(run_copy, "auto").name == "step-2"
+
+
+def test_plot_leaves_out_a_last_log_line_cut_short(run_copy):
+    from molmini.cli import main
+    with open(run_copy / "train_log.jsonl", "a") as f:
+        f.write('{"step": 7, "lo')
+    assert main(["plot", str(run_copy)]) == 0 and (run_copy / "curves.png").is_file()

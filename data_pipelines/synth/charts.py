@@ -281,16 +281,18 @@ def record_for_index(seed: int, split: str, index: int, image_px: int, variety: 
 
 def synthesize(out_dir: str | os.PathLike, num_images: int, seed: int, split: str = "train", image_px: int = 128,
                workers: int = 1, shard_size: int = 1000, progress: bool = True,
-               variety: str = "basic", renderer: str = "axes") -> dict[str, Any]:
+               variety: str = "basic", renderer: str = "axes", replace_own: bool = True) -> dict[str, Any]:
     """Write `num_images` chart records as shards in `out_dir`; returns the manifest.
 
     `variety` "basic" is the bar/line/pie mix of the default run (7 question types, learnable at 128 px);
     "full" adds horizontal, grouped and stacked bars, multi-series lines, donuts, scatter and area
     charts in varied styles with 13 question types (see synth/varied_charts.py). The output depends only
     on (seed, split, num_images, image_px, variety), not on `workers`. A folder whose manifest already
-    describes that dataset is reused as it is; otherwise its old shards are removed and it is generated anew.
+    describes that dataset is reused as it is; any other folder must be empty or missing, or (`replace_own`)
+    hold only a chart set with other settings (see synth/common.py).
     `renderer` "direct" draws the basic bar and line charts without an Axes, about four times faster.
     """
     params = _params(variety, renderer)
     return common.synthesize_with(__name__, out_dir, num_images, seed, split=split, image_px=image_px,
-                                  workers=workers, shard_size=shard_size, progress=progress, params=params)
+                                  workers=workers, shard_size=shard_size, progress=progress, params=params,
+                                  replace_own=replace_own)

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 from tqdm import tqdm
 
-from data_pipelines.shards import MANIFEST_NAME, SHARD_GLOB, ShardWriter, read_manifest
+from data_pipelines.shards import MANIFEST_NAME, ShardWriter, atomic_output_dir, read_manifest
 from molmini.data import IMAGE_MARKER, Record
 
 log = logging.getLogger(__name__)
@@ -87,14 +87,31 @@ def _reusable(out_dir: str | os.PathLike, expected: dict[str, Any]) -> dict[str,
     return manifest if shards_present else None
 
 
+class FolderInUseError(FileExistsError):
+    """A synthesis output folder that holds files this generator did not write with these settings."""
+
+
+def _own_set(out_dir: Path, generator: str) -> bool:
+    """Whether `out_dir` holds nothing but a complete set this generator wrote (with other settings)."""
+    try:
+        manifest = read_manifest(out_dir)
+    except (FileNotFoundError, ValueError):
+        return False
+    listed = {MANIFEST_NAME} | {s["name"] for s in manifest.get("shards", [])}
+    return manifest.get("generator") == generator and {p.name for p in out_dir.iterdir()} <= listed
+
+
 def synthesize_with(module: str, out_dir: str | os.PathLike, num_images: int, seed: int, split: str = "train",
                     image_px: int = 128, workers: int = 1, shard_size: int = 1000, progress: bool = True,
-                    params: dict[str, Any] | None = None) -> dict[str, Any]:
+                    params: dict[str, Any] | None = None, replace_own: bool = True) -> dict[str, Any]:
     """Write `num_images` records of generator `module` as shards in `out_dir`; returns the manifest.
 
     The output depends only on (seed, split, num_images, image_px, params), not on `workers`. A folder
-    whose manifest already describes that dataset is reused as it is; otherwise its old shards are
-    removed and it is generated anew. `params` (the generator's options) are recorded in the manifest.
+    whose manifest already describes that dataset is reused as it is. Otherwise the set is written only
+    into a folder that is missing or empty or (with `replace_own`) holds nothing but a set this generator
+    wrote with other settings; any other folder raises FolderInUseError and is left untouched, so
+    synthesis never deletes data it did not make. The shards are written beside the folder and moved in
+    once complete. `params` (the generator's options) are recorded in the manifest.
     """
     if num_images < 0 or image_px < 32 or workers < 1 or shard_size < 1:
         raise ValueError(f"need num_images >= 0, image_px >= 32, workers >= 1 and shard_size >= 1; got "
@@ -110,11 +127,18 @@ def synthesize_with(module: str, out_dir: str | os.PathLike, num_images: int, se
         say(f"reusing {num_images} {what} images in {out_dir} (its manifest matches seed, split and params)",
             progress)
         return manifest
-    if (Path(out_dir) / MANIFEST_NAME).exists() or any(Path(out_dir).glob(SHARD_GLOB)):
-        say(f"{out_dir} holds a different or incomplete set; removing its shards and regenerating", progress)
+    folder = Path(out_dir)
+    if folder.is_dir() and any(folder.iterdir()):
+        if not (replace_own and _own_set(folder, gen.GENERATOR_NAME)):
+            raise FolderInUseError(
+                f"{out_dir} already holds files that the {gen.GENERATOR_NAME} generator did not write with "
+                f"these settings (seed {seed}, split {split}, {num_images} images, params {manifest_params}); "
+                "synthesis writes only into an empty or missing folder and has left it untouched")
+        say(f"{out_dir} holds a {gen.GENERATOR_NAME} set with other settings; replacing it", progress)
     started = time.perf_counter()
-    with ShardWriter(out_dir, generator=gen.GENERATOR_NAME, generator_version=gen.GENERATOR_VERSION, seed=seed,
-                     split=split, params=manifest_params, maxcount=shard_size) as writer, \
+    with atomic_output_dir(out_dir) as tmp, \
+            ShardWriter(tmp, generator=gen.GENERATOR_NAME, generator_version=gen.GENERATOR_VERSION, seed=seed,
+                        split=split, params=manifest_params, maxcount=shard_size) as writer, \
             tqdm(total=num_images, desc=f"synth {gen.KEY_PREFIX} -> {out_dir}", unit="img", disable=not progress) as bar:
         for records in render_records(module, seed, split, num_images, image_px, workers, params):
             for record in records:

@@ -1,0 +1,30 @@
+"""How the command lines (train.py, `molmini`, `python -m data_pipelines`) report an error a user can fix.
+
+A bad file, folder or value (OSError, ValueError and their kinds: FileNotFoundError, ConfigError,
+ManifestError, ...) is one line on stderr, `error: ...`, and exit status 2, instead of a traceback whose
+last line is the only part that matters. `--debug` or MOLMINI_DEBUG=1 lets it through, with its traceback.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+# What a user's input causes: the message of each names the input and, where it can, the fix.
+USER_ERRORS = (OSError, ValueError)
+
+
+def debugging(flag: bool = False) -> bool:
+    """Whether tracebacks were asked for (`--debug`, or MOLMINI_DEBUG set to anything but 0)."""
+    return flag or os.environ.get("MOLMINI_DEBUG", "0") not in ("", "0")
+
+
+def run_reporting_errors(command: Callable[[], int], debug: bool = False) -> int:
+    """Run `command`; a user error becomes `error: MESSAGE` on stderr and exit status 2."""
+    try:
+        return command()
+    except USER_ERRORS as e:
+        if debugging(debug):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
