@@ -28,7 +28,7 @@ from molmini.training import NonFiniteLossError, make_accelerator, train
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 
 
-SYNTH_GENERATORS = ("charts", "tables", "documents")
+SYNTH_GENERATORS = ("charts", "tables", "documents", "words")
 
 
 def prepare_data(cfg: Config) -> None:

@@ -13,12 +13,15 @@ import logging
 import sys
 from pathlib import Path
 
+from molmini.errors import run_reporting_errors
+
 
 def _run_synth(args: argparse.Namespace) -> int:
     import importlib  # generators are imported here so that --help stays fast
 
     module = importlib.import_module(f"data_pipelines.synth.{args.generator}")
-    options = {name: getattr(args, name) for name in ("variety", "renderer", "noise") if hasattr(args, name)}
+    options = {name: getattr(args, name) for name in ("variety", "renderer", "noise", "max_items", "min_font_px",
+                                                      "max_font_px") if hasattr(args, name)}
     if args.image_px is not None:
         options["image_px"] = args.image_px
     elif getattr(args, "variety", "basic") == "full":
@@ -41,6 +44,7 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
                    "128 (384 with --variety full)"),
         "tables": ("rendered tables with cell lookup, max, sum, count and compare questions", "448"),
         "documents": ("invoices, receipts, forms, letters and articles with extractive questions", "512"),
+        "words": ("reading drills: chart words and numbers on a plain canvas, to read back", "128"),
     }
     for name, (help_text, px) in described.items():
         p = generators.add_parser(name, help=help_text, description=help_text)
@@ -63,6 +67,10 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
                                 "or direct (no Axes, about 4x faster, near-identical images)")
         elif name == "tables":
             p.add_argument("--noise", action="store_true", help="scan noise: skew, blur, JPEG artefacts")
+        elif name == "words":
+            p.add_argument("--max-items", type=int, default=3, help="text items per image, at most (default: 3)")
+            p.add_argument("--min-font-px", type=int, default=8, help="smallest font in pixels (default: 8)")
+            p.add_argument("--max-font-px", type=int, default=24, help="largest font in pixels (default: 24)")
         else:
             p.add_argument("--no-noise", dest="noise", action="store_false",
                            help="clean renders (by default some pages get skew, blur or JPEG artefacts)")
@@ -216,7 +224,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    from molmini.errors import run_reporting_errors
     return run_reporting_errors(lambda: args.func(args), debug=args.debug)
 
 

@@ -41,6 +41,13 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "combo-transcripts": ("the combination without transcripts", DIGITS + CONV_STEM),
     "combo-digits": ("the combination without single-digit tokens", TRANSCRIPTS + CONV_STEM),
     "combo-conv_stem": ("the combination without the conv stem", TRANSCRIPTS + DIGITS),
+    # Reading drills (data_pipelines/synth/words.py): chart words and numbers alone on a canvas.
+    "words_only": ("reading drills alone, 8,000 images, evaluated on held-out drills (can it read at all?)", [
+        "data.train_dir=data/words/train", "data.test_dir=data/words/test",
+        "data.synth={generator: words, num_train: 8000, num_test: 300}"] + DIGITS),
+    "words_mix": ("half of the samples reading drills (data/words/train, made by words_only) + transcripts + "
+                  "digits", ["data.mixture=[{dir: data/charts/train, weight: 0.5}, {dir: data/words/train, weight: 0.5}]"]
+                 + TRANSCRIPTS + DIGITS),
     # The thesis: a model over 4x the default's size trained the plain way (questions only, the default's
     # tokenizer and resolution), at the same wall-clock budget.
     "plain_5x": ("5x the parameters (ViT and LM 384 wide, 6 layers), questions only", [
@@ -67,13 +74,15 @@ def run(cmd: list[str], log_path: Path) -> float:
 def probe_samples_per_s(name: str, overrides: list[str], out: Path, steps: int = 24) -> float:
     """Steady-state training throughput of the variant: the mean over the probe's last two log intervals."""
     run_name = f"study-probe-{name}"
-    run(train_command(name, overrides + ["train.log_every=8"], steps, run_name, no_eval=True), out / f"{run_name}.log")
+    # --overwrite: a probe of the same variant before is moved aside (train.py renames, never deletes).
+    run(train_command(name, overrides + ["train.log_every=8"], steps, run_name, no_eval=True) + ["--overwrite"],
+        out / f"{run_name}.log")
     lines = [json.loads(l) for l in (ROOT / "runs" / run_name / "train_log.jsonl").read_text().splitlines() if l.strip()]
     rates = [l["samples_per_s"] for l in lines[1:]] or [lines[-1]["samples_per_s"]]
     return sum(rates) / len(rates)
 
 
-def study(names: list[str], budget_s: float, fixed_steps: int, tag: str) -> None:
+def study(names: list[str], budget_s: float, fixed_steps: int, tag: str, with_transfer: bool = False) -> None:
     out = ROOT / "runs" / "study-logs"
     out.mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -98,10 +107,40 @@ def study(names: list[str], budget_s: float, fixed_steps: int, tag: str) -> None
                "majority": results["overall"]["majority_baseline"],
                "per_type": {t: r["relaxed_accuracy"] for t, r in results["per_type"].items()},
                "command": "python " + " ".join(["train.py"] + cmd[2:]), "date": time.strftime("%Y-%m-%d")}
+        if with_transfer:
+            row["transfer"] = transfer(run_name)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with open(RESULTS, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(format_row(row), flush=True)
+
+
+TRANSFER = {  # benchmark spec for `python -m eval run` -> the majority baseline's training split
+    "chartqa=data/transfer-pil": "data/charts/train",
+    "synthetic=data/charts-full/test": "data/charts-full/train",
+}
+TRANSFER_SETUP = [  # what makes the transfer sets (each writes only a new folder)
+    "python experiments/transfer_set.py --out data/transfer-pil --num 300",
+    "python -m data_pipelines synth charts --variety full --out data/charts-full/test --num 300 --seed 1000003 "
+    "--split test --image-px 128 --workers 1",
+    "python -m data_pipelines synth charts --variety full --out data/charts-full/train --num 500 --seed 0 "
+    "--split train --image-px 128 --workers 1",
+]
+
+
+def transfer(run_name: str) -> dict[str, dict[str, float]]:
+    """The run's checkpoint and the majority baseline on each transfer set, without training on it."""
+    scores = {}
+    for bench, train_dir in TRANSFER.items():
+        out = ROOT / "runs" / run_name / f"transfer-{bench.split('=')[0]}"
+        run([sys.executable, "-m", "eval", "run", "--model", f"runs/{run_name}/checkpoint", "--benchmarks", bench,
+             "--baselines", f"majority:{train_dir}", "--out", str(out)], out.with_suffix(".log"))
+        results = json.loads((out / "results.json").read_text())["results"]
+        model = next(r for r in results if r["model"]["kind"] == "molmini")
+        base = next(r for r in results if r["model"]["kind"] == "baseline")
+        scores[bench.split("=")[1]] = {"model": model["score"], "majority": base["score"], "n": model["n"],
+                                       "per_type": {k: v["score"] for k, v in model.get("per_subset", {}).items()}}
+    return scores
 
 
 def format_row(row: dict) -> str:
@@ -127,6 +166,10 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=300, help="training wall-clock budget per variant")
     ap.add_argument("--steps", type=int, default=0, help="a fixed step count instead of the time budget")
     ap.add_argument("--tag", default="", help="suffix of the run names and a column of the results")
+    ap.add_argument("--transfer", action="store_true", help="also evaluate each checkpoint on the transfer sets "
+                    "(made first by: " + "; ".join(TRANSFER_SETUP) + ")")
+    ap.add_argument("--transfer-only", metavar="RUN", help="evaluate an existing run's checkpoint on the transfer "
+                    "sets and print the scores")
     ap.add_argument("--list", action="store_true", help="list the variants")
     ap.add_argument("--table", action="store_true", help="print the results table (markdown)")
     args = ap.parse_args()
@@ -137,11 +180,14 @@ def main() -> int:
     if args.table:
         print(table())
         return 0
+    if args.transfer_only:
+        print(json.dumps(transfer(args.transfer_only), indent=2))
+        return 0
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown or not args.variants:
         print(f"error: unknown or no variants {unknown}; choose from {sorted(VARIANTS)}", file=sys.stderr)
         return 2
-    study(args.variants, args.budget_s, args.steps, args.tag)
+    study(args.variants, args.budget_s, args.steps, args.tag, args.transfer)
     return 0
 
 
