@@ -45,6 +45,20 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "words_only": ("reading drills alone, 8,000 images, evaluated on held-out drills (can it read at all?)", [
         "data.train_dir=data/words/train", "data.test_dir=data/words/test",
         "data.synth={generator: words, num_train: 8000, num_test: 300}"] + DIGITS),
+    "words_only-conv_stem": ("words_only with the conv stem", [
+        "data.train_dir=data/words/train", "data.test_dir=data/words/test",
+        "data.synth={generator: words, num_train: 8000, num_test: 300}"] + DIGITS + CONV_STEM),
+    "words_only-mlp": ("words_only with LLaVA's MLP connector (64 image tokens instead of 16)", [
+        "data.train_dir=data/words/train", "data.test_dir=data/words/test",
+        "data.synth={generator: words, num_train: 8000, num_test: 300}"] + DIGITS + ["model.connector.kind=mlp"]),
+    "words_easy": ("the easiest drill: one item per image, fonts 16-24 px", [
+        "data.train_dir=data/words-easy/train", "data.test_dir=data/words-easy/test",
+        "data.synth={generator: words, num_train: 8000, num_test: 300, "
+        "options: {max_items: 1, min_font_px: 16, max_font_px: 24}}"] + DIGITS),
+    "words_easy-curve": ("words_easy with the held-out loss logged every 100 steps (the learning curve)", [
+        "data.train_dir=data/words-easy/train", "data.test_dir=data/words-easy/test",
+        "data.synth={generator: words, num_train: 8000, num_test: 300, "
+        "options: {max_items: 1, min_font_px: 16, max_font_px: 24}}", "train.eval_every=100"] + DIGITS),
     "words_mix": ("half of the samples reading drills (data/words/train, made by words_only) + transcripts + "
                   "digits", ["data.mixture=[{dir: data/charts/train, weight: 0.5}, {dir: data/words/train, weight: 0.5}]"]
                  + TRANSCRIPTS + DIGITS),
@@ -143,21 +157,28 @@ def transfer(run_name: str) -> dict[str, dict[str, float]]:
     return scores
 
 
+def question_types(row: dict) -> tuple[str, ...]:
+    """The chart question types, or the row's own (reading drills have other types)."""
+    return QUESTION_TYPES if any(t in row["per_type"] for t in QUESTION_TYPES) else tuple(sorted(row["per_type"]))
+
+
 def format_row(row: dict) -> str:
     cells = [row["variant"] + (f" ({row['tag']})" if row.get("tag") else ""), str(row["steps"]),
              f"{row['train_wall_s']:.0f}", f"{row['samples_per_s']:.0f}", f"{row['parameters'] / 1e6:.2f}M"]
-    cells += [f"{100 * row['per_type'].get(t, float('nan')):.1f}" for t in QUESTION_TYPES]
+    cells += [f"{100 * row['per_type'].get(t, float('nan')):.1f}" for t in question_types(row)]
     cells.append(f"**{100 * row['overall']:.1f}**")
     return "| " + " | ".join(cells) + " |"
 
 
 def table() -> str:
-    head = ["variant", "steps", "train s", "samples/s", "params", *QUESTION_TYPES, "overall"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for l in RESULTS.read_text().splitlines():
-        if l.strip():
-            lines.append(format_row(json.loads(l)))
-    return "\n".join(lines)
+    """One markdown table per set of question types (chart QA, reading drills), rows in the order run."""
+    rows = [json.loads(l) for l in RESULTS.read_text().splitlines() if l.strip()]
+    out = []
+    for types in dict.fromkeys(question_types(r) for r in rows):
+        head = ["variant", "steps", "train s", "samples/s", "params", *types, "overall"]
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += [format_row(r) for r in rows if question_types(r) == types] + [""]
+    return "\n".join(out)
 
 
 def main() -> int:
