@@ -13,8 +13,6 @@ import logging
 import sys
 from pathlib import Path
 
-from molmini.errors import run_reporting_errors
-
 
 def _run_synth(args: argparse.Namespace) -> int:
     import importlib  # generators are imported here so that --help stays fast
@@ -224,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    # Imported after parsing: importing molmini loads torch, which `--help` should not wait for.
+    from molmini.errors import run_reporting_errors
     return run_reporting_errors(lambda: args.func(args), debug=args.debug)
 
 

@@ -233,6 +233,11 @@ class BadRecords:
         return ", ".join(f"{n} {reason}" for reason, n in self.by_reason.items()) or "none"
 
 
+def add_counts(*counts: dict[str, int]) -> dict[str, int]:
+    """Counts by reason added up, sorted by reason."""
+    return dict(sorted(sum((Counter(c) for c in counts), Counter()).items()))
+
+
 def _member_groups(url: str) -> Iterator[tuple[str, dict[str, bytes], int] | RecordError]:
     """(key, {extension: bytes}, repeats) for each run of adjacent tar members sharing a key (split as
     webdataset splits names: the key ends at the first '.' of the file name); `repeats` > 1 when a member
@@ -536,7 +541,7 @@ class MixtureStream(torch.utils.data.IterableDataset):
             i = self.choose(wid, position)
             inner, out = next(iterators[i])
             skipped[i] = out["skipped"][3]
-            by_reason = dict(sum((Counter(c) for c in skipped), Counter()))
+            by_reason = add_counts(*skipped)
             out["skipped"] = (self.rank, wid, sum(by_reason.values()), by_reason)
             out["position"] = (self.rank, wid, position, i, inner)
             out["source"] = i

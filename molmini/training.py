@@ -12,12 +12,12 @@ import math
 import os
 import random
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, gather_object, set_seed
 from tqdm.auto import tqdm
@@ -25,10 +25,10 @@ from transformers import AutoTokenizer
 
 from .checkpointing import (LOG_FILE, STATE_FILE, load_training_state, publishable_model, read_train_log,
                             resolve_resume, save_training_state)
-from .config import Config, ConfigError, save_config
+from .config import Config, ConfigError, save_config, validate
 from .cost import CostMeter, peak_flops, run_cost, training_flops
 from .data import (BadRecords, MixtureStream, Record, RecordError, ShardStream, StreamPosition, UnusableDataError,
-                   find_shards, mixture_sources, no_usable_record, read_records)
+                   add_counts, find_shards, mixture_sources, no_usable_record, read_records)
 from .model import MolminiModel
 from .processor import IGNORE_INDEX
 from .stages import apply_lora, lr_by_component, make_scheduler, param_groups, prepare_stage
@@ -105,15 +105,11 @@ class SkipCounter:
 
     @property
     def by_reason(self) -> dict[str, int]:
-        return _add_counts(*self.by_worker.values())
+        return add_counts(*self.by_worker.values())
 
     @property
     def total(self) -> int:
         return sum(self.by_reason.values())
-
-
-def _add_counts(*counts: dict[str, int]) -> dict[str, int]:
-    return dict(sorted(sum((Counter(c) for c in counts), Counter()).items()))
 
 
 def next_batch(batches: Iterator[dict]) -> dict:
@@ -268,7 +264,7 @@ def _merged_position(accelerator: Accelerator, position: StreamPosition) -> dict
 
 def _skipped_all_processes(skips: SkipCounter, state: dict[str, Any]) -> dict[str, Any]:
     """The bad records of all processes (and of the run before a resume): total and by reason."""
-    by_reason = _add_counts(*gather_object([skips.by_reason]), state.get("skipped_by_reason", {}))
+    by_reason = add_counts(*gather_object([skips.by_reason]), state.get("skipped_by_reason", {}))
     # A checkpoint written before counts by reason existed holds only the total.
     unnamed = state.get("skipped_records", 0) - sum(state.get("skipped_by_reason", {}).values())
     total = sum(by_reason.values()) + unnamed
@@ -294,7 +290,6 @@ CHANGEABLE_ON_RESUME = ("train.run_name", "train.output_dir", "train.log_every",
 def check_resumed_config(cfg: Config, checkpoint: Path) -> None:
     """Refuse to resume `checkpoint` with settings that change what its run trains, listing them; say which
     harmless ones changed. The config is the one in the run folder the checkpoint belongs to."""
-    import yaml
     saved_path = Path(checkpoint).parent.parent / "config.yaml"
     if not saved_path.is_file():
         return
@@ -314,11 +309,10 @@ def check_resumed_config(cfg: Config, checkpoint: Path) -> None:
 def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, resume: str = "") -> dict[str, Any]:
     """Train per `cfg`; writes the checkpoint to `run_dir/checkpoint` and returns a summary. `resume`:
     `auto` (the latest complete checkpoint of this run folder, if any) or a checkpoints/step-N folder."""
+    validate(cfg)  # ranges, as load_config checks them, for a config built or changed in code
     accelerator = accelerator or make_accelerator(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
     accum = cfg.train.grad_accum_steps
-    if accum < 1:
-        raise ValueError(f"train.grad_accum_steps must be at least 1, got {accum}")
     if accelerator.distributed_type == DistributedType.DEEPSPEED and accum > 1:
         raise ValueError("with DeepSpeed, set gradient_accumulation_steps in the DeepSpeed config and keep "
                          "train.grad_accum_steps=1 (DeepSpeed steps the optimizer inside backward)")
@@ -362,9 +356,6 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
                          resume=StreamPosition.from_dict(position.to_dict()) if state else None)
     eval_loader = None
     if cfg.train.eval_every > 0:
-        if cfg.train.eval_batches < 1:
-            raise ValueError(f"train.eval_batches must be at least 1 when train.eval_every is set, got "
-                             f"{cfg.train.eval_batches}")
         test_shards = find_shards(cfg.data.test_dir)
         split = len(test_shards) >= world  # else every process evaluates the same records
         eval_loader = make_loader(test_shards, processor, cfg, rank if split else 0, world if split else 1, 0,
@@ -430,7 +421,7 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
                    "grad_norm": round(float(grad_norm), 4) if grad_norm is not None else None,
                    **interval.take(), "elapsed_s": round(time.perf_counter() - start, 1),
                    "skipped_records": skips.total + state.get("skipped_records", 0),
-                   "skipped_by_reason": _add_counts(skips.by_reason, state.get("skipped_by_reason", {})),
+                   "skipped_by_reason": add_counts(skips.by_reason, state.get("skipped_by_reason", {})),
                    "nonfinite_steps": nonfinite_total}
         if eval_loader is not None and (step % cfg.train.eval_every == 0 or step == cfg.train.max_steps):
             rec = {"step": step, **rec, "eval_loss": round(heldout_loss(model, eval_loader, accelerator,

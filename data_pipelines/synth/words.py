@@ -82,7 +82,7 @@ def synthesize(out_dir, num_images: int, seed: int, split: str = "train", image_
                shard_size: int = 1000, progress: bool = True, max_items: int = 3, min_font_px: int = 8,
                max_font_px: int = 24, replace_own: bool = True) -> dict[str, Any]:
     """Write `num_images` reading-drill records as shards (see synth/common.py for determinism and reuse)."""
-    if not 1 <= max_items or not 4 <= min_font_px <= max_font_px:
+    if max_items < 1 or not 4 <= min_font_px <= max_font_px:
         raise ValueError(f"need max_items >= 1 and 4 <= min_font_px <= max_font_px; got {max_items}, "
                          f"{min_font_px}, {max_font_px}")
     from data_pipelines.synth.common import synthesize_with
