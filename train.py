@@ -15,15 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from accelerate.utils import broadcast_object_list
-
-from molmini.checkpointing import check_run_folder, move_run_aside
 from molmini.config import Config, ConfigError, load_config
-from molmini.data import find_shards
 from molmini.errors import run_reporting_errors
-from molmini.hub import write_model_card
-from molmini.model import MolminiModel
-from molmini.training import NonFiniteLossError, make_accelerator, train
+
+# torch, transformers, accelerate and open_clip are imported where they are used, so --help answers at once.
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 
@@ -34,6 +29,7 @@ SYNTH_GENERATORS = ("charts", "tables", "documents", "words")
 def prepare_data(cfg: Config) -> None:
     """Synthesize the train and held-out splits where configured: reused when a folder holds exactly that
     set, written when it is empty or missing; a folder holding anything else is an error, never replaced."""
+    from molmini.records import find_shards
     synth = cfg.data.synth
     if synth is not None:
         if synth.generator not in SYNTH_GENERATORS:
@@ -79,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from accelerate.utils import broadcast_object_list
+
+    from molmini.checkpointing import check_run_folder, move_run_aside
+    from molmini.hub import write_model_card
+    from molmini.model import MolminiModel
+    from molmini.training import NonFiniteLossError, make_accelerator, train
     cfg = load_config(args.config, args.overrides)
     if args.resume == "auto" and not cfg.train.run_name:
         raise ConfigError("--resume auto continues the run folder named by train.run_name; pass "

@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from molmini.data import Record  # noqa: E402
+from molmini.records import Record  # noqa: E402
 from molmini.processor import MolminiProcessor, ProcessorConfig  # noqa: E402
 from molmini.tokenizer import train_bpe_tokenizer  # noqa: E402
 

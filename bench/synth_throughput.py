@@ -31,7 +31,8 @@ import torch  # noqa: E402
 from data_pipelines.shards import ShardWriter  # noqa: E402
 from data_pipelines.synth import charts, documents, tables, varied_charts  # noqa: E402
 from data_pipelines.synth.fast_charts import render_chart_direct  # noqa: E402
-from molmini.data import ShardStream, find_shards  # noqa: E402
+from molmini.records import find_shards  # noqa: E402
+from molmini.stream import ShardStream
 
 
 def specs_of(kind: str, n: int) -> list[charts.ChartSpec]:
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         # 16 px patches, 2x2 pooling windows, chat turns tokenized, labels), as molmini.training does it.
         from molmini.processor import MolminiProcessor, ProcessorConfig
         from molmini.tokenizer import train_bpe_tokenizer
-        from molmini.training import iter_shard_texts, training_transform
+        from molmini.formatter import training_transform
+        from molmini.tokenizer import iter_shard_texts
         tokenizer = train_bpe_tokenizer(iter_shard_texts(find_shards(tmp)), vocab_size=1024)
         processor = MolminiProcessor(tokenizer, ProcessorConfig(image_size=128, patch_size=16, pool=2,
                                                                 image_mean=(0.48, 0.46, 0.41), image_std=(0.27, 0.26, 0.28)))

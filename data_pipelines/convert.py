@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from data_pipelines.report import ConversionStats
 from data_pipelines.shards import ShardWriter, atomic_output_dir
-from molmini.data import IMAGE_MARKER, Record, RecordError, strip_image_marker, validate_messages
+from molmini.records import IMAGE_MARKER, Record, RecordError, strip_image_marker, validate_messages
 
 log = logging.getLogger(__name__)
 

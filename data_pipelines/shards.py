@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -18,9 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import webdataset
-
-from molmini.data import Record, find_shards
+from molmini.records import Record, find_shards
 
 MANIFEST_NAME = "manifest.json"
 SHARD_PATTERN = "shard-%06d.tar"
@@ -32,6 +31,30 @@ CREATE_HINT = "run `python -m data_pipelines synth charts --out {folder}` to cre
 
 class ManifestError(ValueError):
     """A shard folder whose manifest is unreadable or does not match its shards."""
+
+
+class TarMembers:
+    """Writes samples ({"__key__": KEY, EXT: bytes, ...}) as tar members KEY.EXT, byte for byte as
+    webdataset's `TarWriter(encoder=False, mtime=TAR_MTIME)` does (its member order, mode, owner and fixed
+    time; tested by reading the shards back with webdataset). Written with the standard library, so the data
+    commands never import webdataset and, through it, torch."""
+
+    def __init__(self, fileobj):
+        self._tar = tarfile.open(fileobj=fileobj, mode="w|")
+
+    def write(self, sample: dict[str, Any]) -> None:
+        key = sample["__key__"]
+        for ext in sorted(k for k in sample if not k.startswith("_")):
+            data = sample[ext]
+            if isinstance(data, str):
+                data = data.encode("utf-8")
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), TAR_MTIME, 0o0444
+            info.uname = info.gname = "bigdata"
+            self._tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        self._tar.close()
 
 
 class ShardWriter:
@@ -64,7 +87,7 @@ class ShardWriter:
         remove_shards(self.out_dir)
         self._shards: list[dict[str, Any]] = []
         self._file = None
-        self._tar: webdataset.TarWriter | None = None
+        self._tar: TarMembers | None = None
         self._count = 0  # records in the open shard
         self._bytes = 0  # its size so far
         self._keys: set[str] = set()
@@ -128,9 +151,8 @@ class ShardWriter:
     def _start_shard(self) -> None:
         self._finish_shard()
         name = SHARD_PATTERN % len(self._shards)
-        # We open the file ourselves: TarWriter would read "scheme:" prefixes in a path as URLs.
         self._file = open(self.out_dir / name, "wb")
-        self._tar = webdataset.TarWriter(self._file, encoder=False, mtime=TAR_MTIME)
+        self._tar = TarMembers(self._file)
         self._shards.append({"name": name, "num_samples": 0, "sha256": ""})
         self._count = self._bytes = 0
 

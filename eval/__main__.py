@@ -16,8 +16,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from .heldout import evaluate, format_table, write_results
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
@@ -40,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         return report_command(args)
 
     from molmini.model import MolminiModel
+
+    from .heldout import evaluate, format_table, write_results
     try:
         model = MolminiModel.from_pretrained(args.model, device=args.device)
         results, rows = evaluate(model, args.test_dir, args.train_dir, batch_size=args.batch_size,

@@ -252,7 +252,7 @@ def read_ai2d(spec: BenchmarkSpec, folder: Path, skip: SkipFn) -> Iterator[Bench
 
 def read_synthetic(spec: BenchmarkSpec, folder: Path, skip: SkipFn) -> Iterator[BenchmarkItem]:
     """Every question/answer pair of every record; the subset is the record's meta.qa_types entry."""
-    from molmini.data import BadRecords, find_shards, read_records
+    from molmini.records import BadRecords, find_shards, read_records
 
     # Every bad record reaches `skip` once; a shard cut short counts as all the samples it is missing.
     bad = BadRecords(on_skip=lambda entry: skip(entry.where.rpartition("/")[2], entry.message, entry.count))
@@ -383,7 +383,7 @@ def load_benchmark(name: str, path: str | Path | None = None) -> Benchmark:
     if spec.dataset_id:
         parquet_files(spec, path)
     elif spec.name == "synthetic":
-        from molmini.data import find_shards
+        from molmini.records import find_shards
         find_shards(path)
     elif not path.is_file():
         raise FileNotFoundError(f"jsonl benchmark file {str(path)!r} does not exist; write one JSON object per "

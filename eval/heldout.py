@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable
 
-from molmini.data import BadRecords, Record, RecordError, Skip, find_shards, read_records
+from molmini.records import BadRecords, Record, RecordError, Skip, find_shards, read_records
 
 from .metrics import exact_match, relaxed_accuracy
 

@@ -214,7 +214,7 @@ def majority_answers(typed_answers: Iterable[tuple[str, str]]) -> tuple[dict[str
 
 
 def majority_from_shards(train_dir: str) -> tuple[dict[str, str], str]:
-    from molmini.data import find_shards, read_records
+    from molmini.records import find_shards, read_records
 
     from .heldout import qa_items
     items = qa_items(read_records(find_shards(train_dir)))

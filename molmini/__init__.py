@@ -1,8 +1,27 @@
-"""molmini: small task-specific vision-language models, Molmo's recipe at a size one GPU trains."""
-from .config import Config, ConfigError, load_config
-from .data import Record, RecordError
-from .model import MolminiModel
-from .processor import MolminiProcessor
+"""molmini: small task-specific vision-language models, Molmo's recipe at a size one GPU trains.
 
-__all__ = ["Config", "ConfigError", "load_config", "Record", "RecordError", "MolminiModel", "MolminiProcessor"]
+The top-level names load lazily: `import molmini` (or `molmini.config`, `molmini.errors`) costs no torch,
+transformers or open_clip import until a model or processor is asked for.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {"Config": "config", "ConfigError": "config", "load_config": "config", "Record": "data",
+            "RecordError": "data", "MolminiModel": "model", "MolminiProcessor": "processor"}
+
+__all__ = list(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'molmini' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

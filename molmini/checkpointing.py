@@ -186,15 +186,14 @@ def save_training_state(accelerator, run_dir: Path, step: int, state: dict[str, 
     return final
 
 
-def load_training_state(accelerator, path: Path) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler and RNG states into the prepared objects; returns the trainer
-    state (step, data position, counters)."""
+def load_training_state(accelerator, path: Path) -> None:
+    """Restore model, optimizer, scheduler and RNG states into the prepared objects. The trainer state
+    (step, data position, counters) is read before, by the loop, to build the data loader."""
     try:
         accelerator.load_state(str(path))
     except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as e:
         raise ValueError(f"checkpoint {path} could not be loaded ({type(e).__name__}: {e}); resume from an earlier "
                          "checkpoints/step-N folder") from e
-    return json.loads((Path(path) / STATE_FILE).read_text())
 
 
 def _write_synced(path: Path, text: str) -> None:

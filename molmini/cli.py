@@ -30,7 +30,7 @@ def read_log(run_dir: Path) -> list[dict]:
     return read_train_log(path)  # a last line cut short by a kill is left out
 
 
-def plot(args: argparse.Namespace) -> int:
+def cmd_plot(args: argparse.Namespace) -> int:
     """Draw the curves of a run's train_log.jsonl to a PNG (default RUN_DIR/curves.png)."""
     import matplotlib
     matplotlib.use("Agg")
@@ -70,7 +70,7 @@ def plot(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
 
-    from .data import IMAGE_MARKER
+    from .records import IMAGE_MARKER
     from .model import MolminiModel
     images = []
     for path in args.image:
@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="draw a run's training curves to a PNG", description=plot.__doc__)
     p.add_argument("run_dir", type=Path, help="a run folder (holding train_log.jsonl)")
     p.add_argument("--out", help="the PNG to write (default: RUN_DIR/curves.png)")
-    p.set_defaults(func=plot)
+    p.set_defaults(func=cmd_plot)
     return ap
 
 

@@ -122,7 +122,7 @@ class DataConfig:
     train_questions: bool = True
     max_length: int = 256
     # A weighted mixture of shard folders, e.g. [{dir: data/charts, weight: 0.7}, {dir: data/docs, weight: 0.3}];
-    # molmini.data.mixture_sources checks it and MixtureStream reads it. Empty: train_dir alone.
+    # molmini.stream.mixture_sources checks it and MixtureStream reads it. Empty: train_dir alone.
     mixture: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -173,6 +173,9 @@ class TrainConfig:
     mixed_precision: str = "auto"
     # Recompute the activations of the vision tower's and the LM's blocks in the backward pass.
     gradient_checkpointing: bool = False
+    # torch.compile the model (in place, so checkpoints keep their names): the training forward has no
+    # graph breaks (tests/test_compile.py); the first steps pay the compilation.
+    compile: bool = False
     # Training state (model, optimizer, scheduler, RNG, data position) every N steps under
     # checkpoints/step-N (0: none); the last `keep_checkpoints` are kept.
     checkpoint_every: int = 0

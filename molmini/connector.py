@@ -77,4 +77,7 @@ CONNECTORS = {"attention_pool_2x2": AttentionPool2x2, "pixel_shuffle": PixelShuf
 def build_connector(cfg: ConnectorConfig, in_dim: int, out_dim: int) -> nn.Module:
     if cfg.kind not in CONNECTORS:
         raise ValueError(f"model.connector.kind {cfg.kind!r} is unknown; choose one of {sorted(CONNECTORS)}")
+    if cfg.kind == "pixel_shuffle" and cfg.mlp_hidden:
+        raise ValueError(f"model.connector.mlp_hidden={cfg.mlp_hidden} has no effect on the pixel_shuffle connector "
+                         "(one linear layer, no MLP); set it to 0, or choose attention_pool_2x2 or mlp")
     return CONNECTORS[cfg.kind](in_dim, out_dim, cfg.mlp_hidden)

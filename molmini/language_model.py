@@ -6,6 +6,7 @@ from typing import Any
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from .config import LMConfig
+from .tokenizer import END, PAD
 
 
 def build_language_model(cfg: LMConfig, vocab_size: int, token_ids: dict[str, int],
@@ -16,7 +17,7 @@ def build_language_model(cfg: LMConfig, vocab_size: int, token_ids: dict[str, in
     anything; the weights then come from the checkpoint. Otherwise `cfg.name_or_path` loads a pretrained
     LM, or `cfg.config` builds a randomly initialised one.
     """
-    ids = {"pad_token_id": token_ids["<pad>"], "eos_token_id": token_ids["<|end|>"]}
+    ids = {"pad_token_id": token_ids[PAD], "eos_token_id": token_ids[END]}
     if saved_config is not None:
         saved = dict(saved_config)
         hf_cfg = AutoConfig.for_model(saved.pop("model_type"), **saved)

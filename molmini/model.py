@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
@@ -24,7 +23,8 @@ from .config import ModelConfig, from_dict
 from .connector import build_connector
 from .hub import CHECKPOINT_FILES, push_folder, resolve_checkpoint, write_model_card
 from .language_model import build_language_model
-from .processor import IGNORE_INDEX, MolminiProcessor, ProcessorConfig
+from .loss import answer_loss_sum, count_loss_tokens
+from .processor import MolminiProcessor, ProcessorConfig
 from .vision import VisionTower
 
 CONFIG_FILE = "config.json"
@@ -69,7 +69,9 @@ class MolminiModel(nn.Module):
         embeds = self.lm.get_input_embeddings()(input_ids)
         placeholders = input_ids == self.token_ids[T.IMAGE_PATCH]
         feats = self.image_features(pixel_values, pad_fraction, pool_index).to(embeds.dtype)
-        if placeholders.sum() != feats.shape[0]:
+        # Data-dependent, so eager only: a compiled step would break its graph here. The processor's collate
+        # builds the batch so that the counts agree (checked there, outside the graph).
+        if not torch.compiler.is_compiling() and placeholders.sum() != feats.shape[0]:
             raise ValueError(f"the batch has {int(placeholders.sum())} image placeholder tokens but its images "
                              f"give {feats.shape[0]} features; build inputs with this model's processor")
         return embeds.masked_scatter(placeholders.unsqueeze(-1), feats)
@@ -77,18 +79,23 @@ class MolminiModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
                 pad_fraction: torch.Tensor, pool_index: torch.Tensor, labels: torch.Tensor | None = None,
                 segment_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                **_: Any) -> dict[str, torch.Tensor]:
+                return_logits: bool = True, **_: Any) -> dict[str, torch.Tensor]:
+        """Logits [B, L, V] (unless `return_logits=False`) and, given labels, the loss summed over the answer
+        tokens (`loss_sum`), their count and their mean. The loss runs the LM head at answer positions only
+        (molmini/loss.py); the training loop asks for no logits, so no full-vocabulary work is done."""
         embeds = self.embed(input_ids, pixel_values, pad_fraction, pool_index)
         if segment_ids is not None:  # Molmo's multi-annotation masking
             attention_mask = annotation_mask(segment_ids, attention_mask, embeds.dtype)
-        logits = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids).logits
-        out = {"logits": logits}
+        hidden = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask,
+                                       position_ids=position_ids).last_hidden_state
+        head = self.lm.get_output_embeddings()
+        out = {}
+        if return_logits or labels is None:
+            out["logits"] = head(hidden)
         if labels is not None:
             # Sum over loss tokens; the trainer divides by the number of loss tokens in the global batch.
-            shift_labels = labels[:, 1:]
-            loss_sum = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), shift_labels.flatten(),
-                                       ignore_index=IGNORE_INDEX, reduction="sum")
-            n = (shift_labels != IGNORE_INDEX).sum()
+            loss_sum = answer_loss_sum(hidden, labels, head)
+            n = count_loss_tokens(labels)
             out.update(loss_sum=loss_sum, num_loss_tokens=n, loss=loss_sum / n.clamp(min=1))
         return out
 

@@ -28,9 +28,9 @@ from PIL import Image
 from . import tokenizer as T
 from .chat_format import ChatFormat
 from .crops import pool_windows, pooled_shape, tile_image
-from .data import IMAGE_MARKER, Record, RecordError
+from .records import IMAGE_MARKER, Record, RecordError
+from .loss import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 PROCESSOR_CONFIG = "processor_config.json"
 MULTI_ANNOTATION = ("turns", "masked")
 

@@ -75,8 +75,8 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
 
 
 def prepare_stage(model: nn.Module, train: TrainConfig, optim: OptimConfig) -> dict[str, int]:
-    """Apply a stage's freezing, LoRA and activation checkpointing to `model` (before accelerate wraps it)."""
-    check_components(optim.freeze, "optim.freeze")
+    """Apply a stage's freezing, LoRA and activation checkpointing to `model` (before accelerate wraps it).
+    `freeze` checks the component names."""
     if train.lora.r > 0:
         if "lm" in optim.freeze:
             raise ValueError("train.lora.r > 0 trains adapters on the LM, but optim.freeze has 'lm'; remove one")

@@ -2,12 +2,16 @@
 carrying molmini's special tokens (chat roles and image layout)."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from .chat_format import MOLMINI_CHAT_TEMPLATE
+from .records import BadRecords, no_usable_record, read_records
+
+if TYPE_CHECKING:
+    from .config import Config
 
 PAD = "<pad>"
 USER = "<|user|>"
@@ -16,7 +20,9 @@ END = "<|end|>"  # ends every turn; generation stops on it
 IMAGE_START = "<im_start>"
 IMAGE_END = "<im_end>"
 IMAGE_PATCH = "<im_patch>"  # one per pooled image feature; replaced by that feature in the model
-IMAGE_ROW_END = "<im_col>"  # ends each row of pooled patches, so the LM sees the grid's shape
+# Ends each row of pooled patches, so the LM sees the grid's shape. The token keeps Molmo's name for it
+# (`<im_col>`, "column separator"), which saved tokenizers hold; the constant says what it does.
+IMAGE_ROW_END = "<im_col>"
 SPECIAL_TOKENS = [PAD, USER, ASSISTANT, END, IMAGE_START, IMAGE_END, IMAGE_PATCH, IMAGE_ROW_END]
 
 
@@ -60,3 +66,29 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
 
 def special_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
     return {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+
+
+# ---- the tokenizer of a run ----------------------------------------------------------------------------
+
+def iter_shard_texts(shards: list[str], transcripts: bool = False) -> Iterator[str]:
+    """Every message of every usable record (and its meta.transcript if asked), read through the record
+    reader (images stay undecoded); the bad records are left to the stream, which counts and reports them.
+    No usable record at all stops here, before a tokenizer is trained on nothing."""
+    bad = BadRecords(on_skip=lambda skip: None)
+    found = False
+    for record in read_records(shards, bad):
+        found = True
+        yield from (m["content"] for m in record.messages)
+        if transcripts and record.meta.get("transcript"):
+            yield record.meta["transcript"]
+    if not found:
+        raise no_usable_record("no readable record to train the tokenizer on", shards, bad)
+
+
+def build_tokenizer(cfg: "Config", train_shards: list[str]):
+    """The run's tokenizer: the pretrained LM's own (with molmini's special tokens), or a BPE trained on the
+    training shards' text (and transcripts when the run trains on them)."""
+    if cfg.model.lm.name_or_path:
+        return add_special_tokens(AutoTokenizer.from_pretrained(cfg.model.lm.name_or_path))
+    texts = iter_shard_texts(train_shards, transcripts=cfg.data.transcript_prob > 0 or not cfg.data.train_questions)
+    return train_bpe_tokenizer(texts, cfg.model.tokenizer.vocab_size, cfg.model.tokenizer.split_digits)

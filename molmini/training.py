@@ -2,7 +2,8 @@
 accumulation and clipping, loss over the global batch's loss tokens, a guard against non-finite steps,
 held-out loss, exact resume, a progress bar, metrics through accelerate's trackers, and a checkpoint at
 the end. What a stage trains is in molmini.stages, saving and resuming in molmini.checkpointing, what the
-run costs in molmini.cost."""
+run costs in molmini.cost; the tokenizer is built in molmini.tokenizer, each record formatted in
+molmini.formatter, the loss taken in molmini.loss, the log line's figures measured in molmini.meters."""
 from __future__ import annotations
 
 import contextlib
@@ -10,10 +11,9 @@ import json
 import logging
 import math
 import os
-import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
@@ -21,135 +21,30 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, gather_object, set_seed
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer
 
 from .checkpointing import (LOG_FILE, STATE_FILE, load_training_state, publishable_model, read_train_log,
                             resolve_resume, save_training_state)
 from .config import Config, ConfigError, save_config, validate
-from .cost import CostMeter, peak_flops, run_cost, training_flops
-from .data import (BadRecords, MixtureStream, Record, RecordError, ShardStream, StreamPosition, UnusableDataError,
-                   add_counts, find_shards, mixture_sources, no_usable_record, read_records)
+from .cost import CostMeter, run_cost
+from .formatter import training_transform
+from .meters import IntervalMeter, SkipCounter
+from .records import UnusableDataError, add_counts, find_shards
+from .loss import count_loss_tokens
 from .model import MolminiModel
-from .processor import IGNORE_INDEX
 from .stages import apply_lora, lr_by_component, make_scheduler, param_groups, prepare_stage
-from .tokenizer import add_special_tokens, train_bpe_tokenizer
+from .stream import MixtureStream, ShardStream, StreamPosition, mixture_sources
+from .tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
 
 
-# ---- tokenizer ------------------------------------------------------------------------------------------
-
-def iter_shard_texts(shards: list[str], transcripts: bool = False) -> Iterator[str]:
-    """Every message of every usable record (and its meta.transcript if asked), read through the record
-    reader (images stay undecoded); the bad records are left to the stream, which counts and reports them.
-    No usable record at all stops here, before a tokenizer is trained on nothing."""
-    bad = BadRecords(on_skip=lambda skip: None)
-    found = False
-    for record in read_records(shards, bad):
-        found = True
-        yield from (m["content"] for m in record.messages)
-        if transcripts and record.meta.get("transcript"):
-            yield record.meta["transcript"]
-    if not found:
-        raise no_usable_record("no readable record to train the tokenizer on", shards, bad)
-
-
-def build_tokenizer(cfg: Config, train_shards: list[str]):
-    if cfg.model.lm.name_or_path:
-        return add_special_tokens(AutoTokenizer.from_pretrained(cfg.model.lm.name_or_path))
-    texts = iter_shard_texts(train_shards, transcripts=cfg.data.transcript_prob > 0 or not cfg.data.train_questions)
-    return train_bpe_tokenizer(texts, cfg.model.tokenizer.vocab_size, cfg.model.tokenizer.split_digits)
-
-
-# ---- data -----------------------------------------------------------------------------------------------
-
-TRANSCRIBE_PROMPT = "Transcribe the text of this image."
-
-
-def training_transform(processor, transcript_prob: float = 0.0, questions: bool = True):
-    """Record -> model inputs; the order of a record's question/answer pairs is shuffled each time it is
-    seen, so every question type is learned both as the first turn and after others. With probability
-    `transcript_prob` a record's `meta.transcript` joins as a last exchange: dense supervision on what
-    the image shows, which is what teaches a from-scratch model to read (shared reference).
-    `questions=False` trains on the transcript alone, every time: caption pretraining."""
-
-    def transform(record: Record, rng: random.Random) -> dict[str, Any]:
-        pairs = [record.messages[i:i + 2] for i in range(0, len(record.messages) - 1, 2)]
-        rng.shuffle(pairs)
-        transcript = record.meta.get("transcript")
-        if not questions:
-            if not transcript:
-                raise RecordError(f"record {record.key!r} has no meta.transcript to caption-train on "
-                                  "(data.train_questions=false)", "no_transcript")
-            pairs = []
-        if transcript and (not questions or rng.random() < transcript_prob):
-            # Last, so no question can copy its answer from the transcript (there is none at test time).
-            pairs.append([{"role": "user", "content": TRANSCRIBE_PROMPT},
-                          {"role": "assistant", "content": transcript}])
-        messages = [dict(m) for pair in pairs for m in pair]
-        return processor.process_record(record, messages)
-
-    return transform
-
-
-@dataclass
-class SkipCounter:
-    """Bad records, by reason, as each (process, worker) of the stream reports its running counts (each
-    worker reads its own shards and counts a record once, so the sum over workers counts it once)."""
-    by_worker: dict[tuple, dict[str, int]] = field(default_factory=dict)
-
-    def update(self, reports: list[tuple]) -> None:
-        for rank, wid, total, by_reason in reports:
-            if total >= sum(self.by_worker.get((rank, wid), {}).values()):
-                self.by_worker[(rank, wid)] = by_reason
-
-    @property
-    def by_reason(self) -> dict[str, int]:
-        return add_counts(*self.by_worker.values())
-
-    @property
-    def total(self) -> int:
-        return sum(self.by_reason.values())
-
-
-def next_batch(batches: Iterator[dict]) -> dict:
+def next_batch(batches: Iterator[tuple]) -> tuple[dict[str, torch.Tensor], "BatchInfo"]:
     """The next batch; a DataLoader worker's UnusableDataError comes back as one, with its one-line message
     (the loader wraps it in the worker's traceback)."""
     try:
         return next(batches)
     except UnusableDataError as e:
         raise UnusableDataError(str(e).rpartition("UnusableDataError: ")[2].strip() or str(e)) from None
-
-
-class IntervalMeter:
-    """Throughput since the last log line: samples and tokens per second over all processes, time spent
-    waiting for the data loader, and on a GPU the MFU estimate and peak memory."""
-
-    def __init__(self, accelerator: Accelerator, num_params: int):
-        self.accelerator, self.num_params = accelerator, num_params
-        self.peak = peak_flops(accelerator.device)
-        self._reset(time.perf_counter())
-
-    def _reset(self, now: float) -> None:
-        self.samples = self.tokens = self.data_wait = 0.0
-        self.since = now
-
-    def add(self, batch: dict[str, torch.Tensor]) -> None:
-        self.samples += batch["input_ids"].shape[0] * self.accelerator.num_processes
-        self.tokens += float(batch["attention_mask"].sum())
-
-    def take(self) -> dict[str, float]:
-        acc, now = self.accelerator, time.perf_counter()
-        seconds = now - self.since
-        tokens = acc.reduce(torch.tensor(self.tokens, device=acc.device), "sum").item()
-        out = {"samples_per_s": round(self.samples / seconds, 2), "tokens_per_s": round(tokens / seconds, 1),
-               "data_wait_s": round(self.data_wait, 3)}
-        if self.peak:
-            out["mfu"] = round(training_flops(self.num_params, tokens) / seconds / (self.peak * acc.num_processes), 4)
-        if acc.device.type == "cuda":
-            out["gpu_mem_gb"] = round(torch.cuda.max_memory_allocated(acc.device) / 2**30, 2)
-        self._reset(now)
-        return out
 
 
 # ---- the loop -------------------------------------------------------------------------------------------
@@ -212,8 +107,12 @@ def make_loader(shards: list[str] | list[tuple[list[str], float]], processor, cf
     else:
         stream = ShardStream(shards, transform, shuffle_buffer=buffer, seed=cfg.train.seed, endless=True, rank=rank,
                              world_size=world, resume=resume)
-    collate = lambda s: {**processor.collate(s), "skipped": [x["skipped"] for x in s],  # noqa: E731
-                         "position": [x["position"] for x in s]}
+    def collate(samples: list[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], BatchInfo]:
+        batch = processor.collate(samples)
+        info = BatchInfo(skipped=[x["skipped"] for x in samples], position=[x["position"] for x in samples],
+                         keys=batch.pop("keys"))
+        return batch, info
+
     return torch.utils.data.DataLoader(stream, batch_size=cfg.train.batch_size, num_workers=workers,
                                        collate_fn=collate, persistent_workers=workers > 0)
 
@@ -223,14 +122,14 @@ def accumulate_gradients(model, micro_batches: list[dict[str, torch.Tensor]], ac
     """Backward over one optimizer step's micro-batches with the loss divided by the number of loss tokens
     in the global batch (all processes, all micro-batches), so every answer token weighs the same however
     the batch is split. Returns the global mean loss and that token count."""
-    local_tokens = sum((b["labels"][:, 1:] != IGNORE_INDEX).sum() for b in micro_batches)
+    local_tokens = sum(count_loss_tokens(b["labels"]) for b in micro_batches)
     global_tokens = accelerator.reduce(local_tokens.detach().float(), "sum").clamp(min=1)
     loss_sum = torch.zeros((), device=accelerator.device)
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         # Gradients are synchronised once, after the last micro-batch.
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
-            out = model(**batch)
+            out = model(**batch, return_logits=False)
             # DDP averages gradients over processes, so scale by their count to get the global-batch mean.
             accelerator.backward(out["loss_sum"] * accelerator.num_processes / global_tokens)
         loss_sum += out["loss_sum"].detach().float()
@@ -245,9 +144,9 @@ def heldout_loss(model, loader, accelerator: Accelerator, batches: int) -> float
     tokens = torch.zeros((), device=accelerator.device)
     it = iter(loader)
     for _ in range(batches):
-        batch = next_batch(it)
-        batch = {k: v.to(accelerator.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        out = model(**batch)
+        batch, _ = next_batch(it)
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        out = model(**batch, return_logits=False)
         loss_sum += out["loss_sum"].float()
         tokens += out["num_loss_tokens"].float()
     model.train()
@@ -306,21 +205,73 @@ def check_resumed_config(cfg: Config, checkpoint: Path) -> None:
         log.warning("resuming with %s (recorded in config.yaml)", "; ".join(described))
 
 
+@dataclass
+class BatchInfo:
+    """What rides with a batch besides the model inputs: the stream's running bad-record counts and its
+    positions (for resume), and the records' keys."""
+    skipped: list[tuple]
+    position: list[tuple]
+    keys: list[str]
+
+
+@dataclass
+class Run:
+    """Everything a training run holds between steps; built by `start_run`, advanced by `train_step`."""
+    cfg: Config
+    run_dir: Path
+    accelerator: Accelerator
+    model: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loader: torch.utils.data.DataLoader
+    eval_loader: torch.utils.data.DataLoader | None
+    position: StreamPosition
+    state: dict[str, Any]  # the resumed checkpoint's trainer state ({} for a fresh run)
+    rebuild: Any  # () -> a fresh model of the same architecture, for weights gathered at the end
+    n_params: int
+    trainable: dict[str, int]
+    train_shards: list[str]
+    step: int = 0
+    nonfinite_total: int = 0
+    nonfinite_run: int = 0
+    skips: SkipCounter = field(default_factory=SkipCounter)
+    cost: CostMeter | None = None
+    interval: IntervalMeter | None = None
+    log_file: Any = None
+    bar: Any = None
+    batches: Iterator | None = None
+    start: float = 0.0
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor
+    grad_norm: Any
+
+
 def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, resume: str = "") -> dict[str, Any]:
     """Train per `cfg`; writes the checkpoint to `run_dir/checkpoint` and returns a summary. `resume`:
     `auto` (the latest complete checkpoint of this run folder, if any) or a checkpoints/step-N folder."""
+    run = start_run(cfg, Path(run_dir), accelerator, resume)
+    while run.step < cfg.train.max_steps:
+        result = train_step(run)
+        log_if_due(run, result)  # the log line, and the held-out loss when it is due
+        checkpoint_if_due(run)
+    return finish_run(run)
+
+
+def start_run(cfg: Config, run_dir: Path, accelerator: Accelerator | None, resume: str) -> Run:
+    """Build the model, data, optimizer and schedule, resume them from a checkpoint if asked, open the log."""
     validate(cfg)  # ranges, as load_config checks them, for a config built or changed in code
     accelerator = accelerator or make_accelerator(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
-    accum = cfg.train.grad_accum_steps
-    if accelerator.distributed_type == DistributedType.DEEPSPEED and accum > 1:
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and cfg.train.grad_accum_steps > 1:
         raise ValueError("with DeepSpeed, set gradient_accumulation_steps in the DeepSpeed config and keep "
                          "train.grad_accum_steps=1 (DeepSpeed steps the optimizer inside backward)")
     if accelerator.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Share the cores between processes instead of oversubscribing them (OMP_NUM_THREADS overrides).
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
     set_seed(cfg.train.seed)
-    run_dir = Path(run_dir)
     # The training data: data.train_dir, or the weighted mixture of shard folders in data.mixture.
     sources = mixture_sources(cfg.data.mixture) if cfg.data.mixture else None
     train_shards = [s for shards, _ in sources for s in shards] if sources else find_shards(cfg.data.train_dir)
@@ -334,7 +285,7 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
     n_params = sum(p.numel() for p in model.parameters())
     lm_config = model.lm.config.to_dict()
 
-    def rebuild() -> MolminiModel:  # the same architecture, for weights gathered from shards at the end
+    def rebuild() -> MolminiModel:
         fresh = MolminiModel(cfg.model, processor.tokenizer, max_length=cfg.data.max_length, load_pretrained=False,
                              saved_lm_config=lm_config)
         if cfg.train.lora.r > 0:
@@ -343,10 +294,7 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
         return fresh
 
     trainable = prepare_stage(model, cfg.train, cfg.optim)
-
-    state: dict[str, Any] = {}
-    if resume_from is not None:
-        state = json.loads((resume_from / STATE_FILE).read_text())
+    state: dict[str, Any] = json.loads((resume_from / STATE_FILE).read_text()) if resume_from is not None else {}
     fewest = min(len(shards) for shards, _ in sources) if sources else len(train_shards)
     workers = min(cfg.data.num_workers, fewest // world)
     position = StreamPosition.from_dict(state["data_position"]) if state else \
@@ -362,105 +310,143 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
                                   shuffle=False)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
     scheduler = make_scheduler(optimizer, cfg.train.max_steps)
+    if cfg.train.compile:
+        model.compile()
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if resume_from is not None:
         load_training_state(accelerator, resume_from)  # model, optimizer, scheduler, RNG of this process
-    step = state.get("step", 0)
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if accelerator.log_with:
-        accelerator.project_configuration.logging_dir = str(run_dir / "tensorboard")
-        accelerator.init_trackers(cfg.train.project, config=_flat(cfg.to_dict()),
-                                  init_kwargs={"wandb": {"name": run_dir.name, "dir": str(run_dir)}})
-    if accelerator.is_main_process:
-        save_config(cfg, run_dir / "config.yaml")
-        log_file = _open_log(run_dir / LOG_FILE, keep_until=step)
-        print(f"training {n_params / 1e6:.2f}M parameters ({', '.join(f'{k} {v / 1e6:.2f}M' for k, v in trainable.items())} "
-              f"trainable) on {world} process(es), device {accelerator.device}, {len(train_shards)} shards, batch "
-              f"{cfg.train.batch_size} x {accum} accumulation per process, {cfg.train.max_steps} steps"
-              + (f", resuming from {resume_from} (step {step})" if resume_from else ""))
-
-    skips = SkipCounter()
-    meter, interval = CostMeter(state.get("cost")), IntervalMeter(accelerator, n_params)
-    bar = tqdm(total=cfg.train.max_steps, initial=step, disable=not accelerator.is_main_process, desc="train",
-               dynamic_ncols=True, mininterval=1.0)
+    run = Run(cfg=cfg, run_dir=run_dir, accelerator=accelerator, model=model, optimizer=optimizer,
+              scheduler=scheduler, loader=loader, eval_loader=eval_loader, position=position, state=state,
+              rebuild=rebuild, n_params=n_params, trainable=trainable, train_shards=train_shards,
+              step=state.get("step", 0), nonfinite_total=state.get("nonfinite_steps", 0))
+    _open_outputs(run, resume_from)
+    run.cost, run.interval = CostMeter(state.get("cost")), IntervalMeter(accelerator, n_params)
+    run.bar = tqdm(total=cfg.train.max_steps, initial=run.step, disable=not accelerator.is_main_process,
+                   desc="train", dynamic_ncols=True, mininterval=1.0)
     model.train()
-    start = time.perf_counter()
-    nonfinite_total, nonfinite_run = state.get("nonfinite_steps", 0), 0
-    batches = iter(loader)
-    while step < cfg.train.max_steps:
-        waited = time.perf_counter()
-        micro_batches = [next_batch(batches) for _ in range(accum)]
-        interval.data_wait += time.perf_counter() - waited
-        for batch in micro_batches:
-            skips.update(batch.pop("skipped"))
-            position.update(batch.pop("position"))
-            batch.pop("keys")
-            interval.add(batch)
-        micro_batches = [{k: v.to(accelerator.device) for k, v in b.items()} for b in micro_batches]
-        loss, global_tokens = accumulate_gradients(model, micro_batches, accelerator)
-        # grad_clip <= 0: no clipping, but the norm is still measured (and guarded).
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf)
-        finite = bool(torch.isfinite(loss)) and (grad_norm is None or bool(torch.isfinite(torch.as_tensor(grad_norm))))
-        if finite:
-            optimizer.step()
-            nonfinite_run = 0
-        else:  # the update would write NaN/inf into the weights: skip it, keep the schedule going
-            nonfinite_total += 1
-            nonfinite_run += 1
-            log.warning("step %d: loss %s, gradient norm %s; update skipped", step + 1, loss.item(), grad_norm)
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        if 0 < cfg.train.max_nonfinite_steps <= nonfinite_run:
-            raise NonFiniteLossError(_nonfinite_message(step, nonfinite_run, cfg))
-        rec: dict[str, Any] = {}
-        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-            rec = {"step": step, "loss": round(loss.item(), 5), "lr": scheduler.get_last_lr()[0],
-                   **lr_by_component(optimizer),
-                   "grad_norm": round(float(grad_norm), 4) if grad_norm is not None else None,
-                   **interval.take(), "elapsed_s": round(time.perf_counter() - start, 1),
-                   "skipped_records": skips.total + state.get("skipped_records", 0),
-                   "skipped_by_reason": add_counts(skips.by_reason, state.get("skipped_by_reason", {})),
-                   "nonfinite_steps": nonfinite_total}
-        if eval_loader is not None and (step % cfg.train.eval_every == 0 or step == cfg.train.max_steps):
-            rec = {"step": step, **rec, "eval_loss": round(heldout_loss(model, eval_loader, accelerator,
-                                                                          cfg.train.eval_batches), 5)}
-        if rec:
-            accelerator.log(_flat(rec), step=step)  # trackers take numbers: skipped_by_reason.<reason>
-            if accelerator.is_main_process:
-                log_file.write(json.dumps(rec) + "\n")
-                log_file.flush()
-                bar.set_postfix(loss=f"{rec.get('loss', loss.item()):.3f}", samples_s=f"{rec.get('samples_per_s', 0):.1f}")
-        bar.update(1)
-        if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < cfg.train.max_steps:
-            costs = meter.totals()
-            save_training_state(accelerator, run_dir, step, {
-                "data_position": _merged_position(accelerator, position), "nonfinite_steps": nonfinite_total,
-                **_skipped_all_processes(skips, state),
-                "cost": {"wall_time_s": costs["wall_time_s"], "energy_kwh": costs["energy_kwh"]}},
-                keep=cfg.train.keep_checkpoints)
-    bar.close()
-    wall = time.perf_counter() - start
-    skipped = _skipped_all_processes(skips, state)
+    run.start = time.perf_counter()
+    run.batches = iter(loader)
+    return run
+
+
+def _open_outputs(run: Run, resume_from: Path | None) -> None:
+    """The run folder's config.yaml and log, the trackers, and the run's first line on the console."""
+    cfg, accelerator = run.cfg, run.accelerator
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.log_with:
+        accelerator.project_configuration.logging_dir = str(run.run_dir / "tensorboard")
+        accelerator.init_trackers(cfg.train.project, config=_flat(cfg.to_dict()),
+                                  init_kwargs={"wandb": {"name": run.run_dir.name, "dir": str(run.run_dir)}})
+    if accelerator.is_main_process:
+        save_config(cfg, run.run_dir / "config.yaml")
+        run.log_file = _open_log(run.run_dir / LOG_FILE, keep_until=run.step)
+        trainable = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in run.trainable.items())
+        print(f"training {run.n_params / 1e6:.2f}M parameters ({trainable} trainable) on "
+              f"{accelerator.num_processes} process(es), device {accelerator.device}, {len(run.train_shards)} "
+              f"shards, batch {cfg.train.batch_size} x {cfg.train.grad_accum_steps} accumulation per process, "
+              f"{cfg.train.max_steps} steps" + (f", resuming from {resume_from} (step {run.step})" if resume_from else ""))
+
+
+def train_step(run: Run) -> StepResult:
+    """One optimizer step over `grad_accum_steps` micro-batches; a non-finite loss or gradient norm skips
+    the update (counted; too many in a row stop the run)."""
+    cfg, accelerator = run.cfg, run.accelerator
+    waited = time.perf_counter()
+    micro_batches = []
+    for _ in range(cfg.train.grad_accum_steps):
+        batch, info = next_batch(run.batches)
+        run.skips.update(info.skipped)
+        run.position.update(info.position)
+        run.interval.add(batch)
+        micro_batches.append({k: v.to(accelerator.device) for k, v in batch.items()})
+    run.interval.data_wait += time.perf_counter() - waited
+    loss, _ = accumulate_gradients(run.model, micro_batches, accelerator)
+    # grad_clip <= 0: no clipping, but the norm is still measured (and guarded).
+    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+    grad_norm = accelerator.clip_grad_norm_(run.model.parameters(), clip)
+    finite = bool(torch.isfinite(loss)) and (grad_norm is None or bool(torch.isfinite(torch.as_tensor(grad_norm))))
+    if finite:
+        run.optimizer.step()
+        run.nonfinite_run = 0
+    else:  # the update would write NaN/inf into the weights: skip it, keep the schedule going
+        run.nonfinite_total += 1
+        run.nonfinite_run += 1
+        log.warning("step %d: loss %s, gradient norm %s; update skipped", run.step + 1, loss.item(), grad_norm)
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    if 0 < cfg.train.max_nonfinite_steps <= run.nonfinite_run:
+        raise NonFiniteLossError(_nonfinite_message(run.step, run.nonfinite_run, cfg))
+    return StepResult(loss=loss, grad_norm=grad_norm)
+
+
+def log_if_due(run: Run, result: StepResult) -> None:
+    """Every `log_every` steps (and at the last) a log line; every `eval_every` steps the held-out loss.
+    Both go to train_log.jsonl and the trackers."""
+    cfg, step = run.cfg, run.step
+    last = step == cfg.train.max_steps
+    rec: dict[str, Any] = {}
+    if step % cfg.train.log_every == 0 or last:
+        rec = {"step": step, "loss": round(result.loss.item(), 5), "lr": run.scheduler.get_last_lr()[0],
+               **lr_by_component(run.optimizer),
+               "grad_norm": round(float(result.grad_norm), 4) if result.grad_norm is not None else None,
+               **run.interval.take(), "elapsed_s": round(time.perf_counter() - run.start, 1),
+               "skipped_records": run.skips.total + run.state.get("skipped_records", 0),
+               "skipped_by_reason": add_counts(run.skips.by_reason, run.state.get("skipped_by_reason", {})),
+               "nonfinite_steps": run.nonfinite_total}
+    if run.eval_loader is not None and (step % cfg.train.eval_every == 0 or last):
+        rec = {"step": step, **rec, "eval_loss": round(heldout_loss(run.model, run.eval_loader, run.accelerator,
+                                                                      cfg.train.eval_batches), 5)}
+    if rec:
+        run.accelerator.log(_flat(rec), step=step)  # trackers take numbers: skipped_by_reason.<reason>
+        if run.accelerator.is_main_process:
+            run.log_file.write(json.dumps(rec) + "\n")
+            run.log_file.flush()
+            run.bar.set_postfix(loss=f"{rec.get('loss', result.loss.item()):.3f}",
+                                samples_s=f"{rec.get('samples_per_s', 0):.1f}")
+    run.bar.update(1)
+
+
+def checkpoint_if_due(run: Run) -> None:
+    """Every `checkpoint_every` steps (not at the last: the final checkpoint is `finish_run`'s) the whole
+    training state, under checkpoints/step-N."""
+    cfg = run.cfg
+    if not (cfg.train.checkpoint_every and run.step % cfg.train.checkpoint_every == 0
+            and run.step < cfg.train.max_steps):
+        return
+    costs = run.cost.totals()
+    save_training_state(run.accelerator, run.run_dir, run.step, {
+        "data_position": _merged_position(run.accelerator, run.position), "nonfinite_steps": run.nonfinite_total,
+        **_skipped_all_processes(run.skips, run.state),
+        "cost": {"wall_time_s": costs["wall_time_s"], "energy_kwh": costs["energy_kwh"]}},
+        keep=cfg.train.keep_checkpoints)
+
+
+def finish_run(run: Run) -> dict[str, Any]:
+    """Save the publishable checkpoint, the summary and the cost; close the trackers. Returns the summary."""
+    cfg, accelerator = run.cfg, run.accelerator
+    run.bar.close()
+    wall = time.perf_counter() - run.start
+    skipped = _skipped_all_processes(run.skips, run.state)
     if skipped["skipped_records"]:
         log.warning("skipped %d bad records during training (%s; see the warnings above for their keys)",
                     skipped["skipped_records"], ", ".join(f"{n} {r}" for r, n in skipped["skipped_by_reason"].items()))
-    shards_by_rank = gather_object([loader.dataset.rank_shards()])
-    cost = run_cost(accelerator, meter)
-    summary = {"steps": step, "samples": step * cfg.train.batch_size * accum * world, "wall_time_s": round(wall, 1),
-               "device": str(accelerator.device.type), "num_processes": world, "parameters": n_params,
-               "trainable_parameters": trainable, **skipped, "nonfinite_steps": nonfinite_total,
-               "total_wall_time_s": cost["wall_time_s"], "gpu_hours": cost["gpu_hours"],
-               "energy_kwh": cost["energy_kwh"], "gpu": cost["gpu"], "shards_by_rank": shards_by_rank,
-               "resumed_from_step": state.get("step", 0)}
+    shards_by_rank = gather_object([run.loader.dataset.rank_shards()])
+    cost = run_cost(accelerator, run.cost)
+    world = accelerator.num_processes
+    summary = {"steps": run.step, "samples": run.step * cfg.train.batch_size * cfg.train.grad_accum_steps * world,
+               "wall_time_s": round(wall, 1), "device": str(accelerator.device.type), "num_processes": world,
+               "parameters": run.n_params, "trainable_parameters": run.trainable, **skipped,
+               "nonfinite_steps": run.nonfinite_total, "total_wall_time_s": cost["wall_time_s"],
+               "gpu_hours": cost["gpu_hours"], "energy_kwh": cost["energy_kwh"], "gpu": cost["gpu"],
+               "shards_by_rank": shards_by_rank, "resumed_from_step": run.state.get("step", 0)}
     accelerator.wait_for_everyone()
-    final = publishable_model(accelerator, model, rebuild)
+    final = publishable_model(accelerator, run.model, run.rebuild)
     if accelerator.is_main_process:
-        log_file.close()
-        final.save_pretrained(run_dir / "checkpoint", training=summary)
-        (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-        (run_dir / "cost.json").write_text(json.dumps(cost, indent=2))
+        run.log_file.close()
+        final.save_pretrained(run.run_dir / "checkpoint", training=summary)
+        (run.run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        (run.run_dir / "cost.json").write_text(json.dumps(cost, indent=2))
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes the trackers (and, in recent accelerate, the process group)
     return summary

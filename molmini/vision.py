@@ -96,7 +96,6 @@ class VisionTower(nn.Module):
                                  f"{cfg.model_name!r} is a timm tower; set vision.conv_stem=[]")
             # open_clip's ViT embeds patches with `conv1` (a patch-sized, patch-strided convolution).
             self.visual.conv1 = ConvStem(list(cfg.conv_stem), width, self.patch_size)
-        self.grid = self.image_size // self.patch_size
         self.layers = sorted({l % n_blocks for l in cfg.feature_layers})
         self.output_dim = width * len(self.layers)
         # Blocks after the last feature layer, the final norm and the pooling head are never used: drop

@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 from molmini.config import Config, ModelConfig, load_config  # noqa: E402
-from molmini.data import Record  # noqa: E402
+from molmini.records import Record  # noqa: E402
 from molmini.tokenizer import train_bpe_tokenizer  # noqa: E402
 
 TINY_OVERRIDES = [
@@ -88,7 +88,7 @@ def check_exact_resume(make_stream, seed: int, workers: int, batch_size: int | N
     """Read `stop_after` items, "crash", resume from the recorded StreamPosition and read `more`: the keys
     must be exactly those of one uninterrupted read. `make_stream(resume)` builds the stream."""
     import torch
-    from molmini.data import StreamPosition
+    from molmini.stream import StreamPosition
 
     def loader(resume=None):
         collate = (lambda s: {"key": [x["key"] for x in s], "position": [x["position"] for x in s]}) \

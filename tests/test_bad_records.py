@@ -17,7 +17,8 @@ import torch
 
 from conftest import ROOT, TINY_OVERRIDES, make_records, png_bytes, tiny_config
 from data_pipelines.shards import ShardWriter
-from molmini.data import BadRecords, Record, ShardStream, UnusableDataError, find_shards, read_records
+from molmini.records import BadRecords, Record, UnusableDataError, find_shards, read_records
+from molmini.stream import ShardStream
 
 
 # ---- writing shards with anything in them -------------------------------------------------------------
@@ -124,7 +125,7 @@ def test_json_of_the_wrong_type_or_shape_is_counted_by_reason_and_skipped(tmp_pa
 
 
 def test_tokenizer_pass_reads_through_the_validated_reader(tmp_path):
-    from molmini.training import iter_shard_texts
+    from molmini.tokenizer import iter_shard_texts
     shards, kept = bad_json_shard(tmp_path / "a")
     (tmp_path / "a" / "shard-000001.tar").write_bytes(b"this is not a tar at all" * 40)
     cut = make_records(4, seed=1)

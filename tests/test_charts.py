@@ -13,7 +13,7 @@ from file_hashes import folder_hashes
 from data_pipelines.shards import list_shards, read_manifest, verify_manifest
 from data_pipelines.synth.charts import (GENERATOR_VERSION, PALETTE, QUESTION_TYPES,
                                          make_chart_record, synthesize)
-from molmini.data import IMAGE_MARKER, Record
+from molmini.records import IMAGE_MARKER, Record
 
 NUM_CHARTS = 300
 

@@ -81,3 +81,14 @@ def test_pixel_shuffle_keeps_every_patch_value():
     flat = feats[index].flatten(1)
     assert sorted(flat.flatten().tolist()) == sorted(feats.flatten().tolist())
     assert conn(feats[index], index >= 0).shape == (4, 8)
+
+
+def test_an_option_the_connector_would_ignore_is_refused():
+    from molmini.config import ConnectorConfig
+    from molmini.connector import build_connector
+    with pytest.raises(ValueError, match=r"mlp_hidden=64 has no effect on the pixel_shuffle connector"):
+        build_connector(ConnectorConfig(kind="pixel_shuffle", mlp_hidden=64), 32, 48)
+    def size(kind, hidden):
+        return sum(p.numel() for p in build_connector(ConnectorConfig(kind=kind, mlp_hidden=hidden), 32, 48).parameters())
+    for kind in ("attention_pool_2x2", "mlp"):  # these use it: their MLP's width changes with it
+        assert size(kind, 64) != size(kind, 0)

@@ -13,7 +13,7 @@ from data_pipelines.__main__ import main
 from data_pipelines.convert import (ConversionStats, convert, convert_captions, convert_cauldron, convert_chartqa,
                                     convert_llava, convert_pixmo_docs, encode_image)
 from data_pipelines.shards import read_manifest, verify_manifest
-from molmini.data import IMAGE_MARKER, find_shards, iter_records
+from molmini.records import IMAGE_MARKER, find_shards, iter_records
 
 # The Hugging Face `Image` feature as Arrow stores it.
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])

@@ -18,8 +18,8 @@ from PIL import Image
 
 from conftest import make_records
 from test_bad_records import members, toy_config, within, write_manifest, write_tar
-from molmini.data import (BadRecords, Record, RecordError, ShardStream, Skip, UnusableDataError, find_shards,
-                          read_records)
+from molmini.records import BadRecords, Record, RecordError, Skip, UnusableDataError, find_shards, read_records
+from molmini.stream import ShardStream
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # PIL on corrupted images
 
@@ -196,7 +196,8 @@ def init_model(tmp_path_factory, tokenizer, model_config):
 @pytest.mark.parametrize("seed", range(3))
 def test_training_counts_exactly_the_bad_records_of_a_pass_or_stops_with_one_line(tmp_path, seed, init_model):
     from molmini.model import MolminiModel
-    from molmini.training import train, training_transform
+    from molmini.formatter import training_transform
+    from molmini.training import train
     rng = random.Random(100 + seed)
     shards, listed, _ = fuzzed_shards(tmp_path / "train", rng, n_records=24, n_shards=2)
     fuzzed_shards(tmp_path / "test", rng, n_records=8, n_shards=1)

@@ -8,7 +8,8 @@ import torch
 
 from conftest import check_exact_resume, make_records
 from data_pipelines.shards import ShardWriter
-from molmini.data import MixtureStream, StreamPosition, find_shards
+from molmini.records import find_shards
+from molmini.stream import MixtureStream, StreamPosition
 
 
 def write_set(folder, seed, n=24, per_shard=3):
@@ -80,7 +81,7 @@ def test_config_mixture_entries_become_sources(sets, tmp_path):
     from pathlib import Path
 
     from molmini.config import load_config
-    from molmini.data import mixture_sources
+    from molmini.stream import mixture_sources
     folders = [str(Path(s[0]).parent) for s in sets[:2]]
     cfg = load_config(None, [f"data.mixture=[{{dir: {folders[0]}, weight: 0.7}}, {{dir: {folders[1]}, weight: 3}}]"])
     assert load_config(None, []).data.mixture == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from conftest import make_records, tiny_config
-from molmini.data import Record
+from molmini.records import Record
 from molmini.model import MolminiModel
 from molmini.processor import IGNORE_INDEX
 

@@ -13,7 +13,7 @@ from molmini import tokenizer as T
 from molmini.config import load_config
 from molmini.model import MolminiModel
 from molmini.presets import PRESETS
-from molmini.training import build_tokenizer
+from molmini.tokenizer import build_tokenizer
 
 
 def build(overrides, **kw):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from data_pipelines.shards import (MANIFEST_NAME, ManifestError, ShardWriter, list_shards,
                                    read_manifest, verify_manifest)
-from molmini.data import Record
+from molmini.records import Record
 
 
 def png_bytes(colour=(200, 30, 30), size=8) -> bytes:
@@ -154,3 +154,23 @@ def test_late_params_join_the_manifest_at_close(tmp_path):
             w.write(make_record(i))
             counted["n"] += 1
     assert read_manifest(tmp_path)["params"] == {"a": 1, "seen": 3}
+
+
+def test_shards_are_byte_identical_to_webdataset_tarwriter_output(tmp_path):
+    from data_pipelines.shards import TAR_MTIME
+    records = [make_record(i) for i in range(5)]
+    write_records(tmp_path / "ours", records, maxcount=100)
+    theirs = io.BytesIO()
+    writer = webdataset.TarWriter(theirs, encoder=False, mtime=TAR_MTIME)
+    for record in records:
+        writer.write(record.to_sample())
+    writer.close()
+    (shard,) = list_shards(tmp_path / "ours")
+    assert Path(shard).read_bytes() == theirs.getvalue()
+
+
+def test_member_names_split_into_key_and_extension_as_webdataset_splits_them():
+    from molmini.records import base_plus_ext
+    names = ["a.png", "a.b.json", "dir/x.y.z", "dir.v2/rec-1.png", "noext", ".hidden", "k.", "sub/dir/", "x..json"]
+    for name in names:
+        assert base_plus_ext(name) == webdataset.tariterators.base_plus_ext(name), name

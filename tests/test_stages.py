@@ -11,7 +11,7 @@ from accelerate.utils import set_seed
 
 from conftest import ROOT, TINY_OVERRIDES, synth_tiny_charts, tiny_config
 from molmini.config import load_config
-from molmini.data import find_shards
+from molmini.records import find_shards
 from molmini.model import MolminiModel
 from molmini.stages import COMPONENTS, param_groups, prepare_stage, warmup_cosine
 from molmini.training import build_model, train

@@ -9,7 +9,8 @@ import torch
 
 from conftest import check_exact_resume, make_records
 from data_pipelines.shards import ShardWriter
-from molmini.data import Record, ShardStream, find_shards, iter_records
+from molmini.records import Record, find_shards, iter_records
+from molmini.stream import ShardStream
 
 
 def write_shards(folder, records, per_shard):
@@ -99,7 +100,7 @@ def test_resumed_stream_continues_exactly_where_it_stopped(tmp_path, workers, ba
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):
-    from molmini.data import StreamPosition
+    from molmini.stream import StreamPosition
     shards = write_shards(tmp_path, make_records(8), per_shard=4)
     state = StreamPosition(workers=2, world_size=1, seed=0)
     with pytest.raises(ValueError, match="resume with the same settings"):

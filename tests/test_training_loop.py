@@ -3,6 +3,7 @@ over processes and accumulation steps; non-finite steps skipped, counted, and st
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -125,3 +126,48 @@ def test_tensorboard_tracker_records_the_curves_in_the_run_folder(toy_shards, tm
     for tag in ("loss", "lr_lm", "grad_norm", "tokens_per_s", "data_wait_s"):
         assert tag in tags, tags
     assert [e.step for e in acc.Scalars("loss")] == [1, 2]
+
+
+def test_training_forward_compiles_without_graph_breaks(tokenizer, model_config):
+    from conftest import make_records
+    from molmini.model import MolminiModel
+    from test_model import batch_of
+    torch._dynamo.reset()
+    model = MolminiModel(model_config, tokenizer, max_length=128)
+    batch = batch_of(model, make_records(3))
+    report = torch._dynamo.explain(model)(**batch, return_logits=False)
+    assert report.graph_break_count == 0, report.break_reasons
+    assert report.graph_count == 1
+
+
+def _losses(folder):
+    return [json.loads(l)["loss"] for l in (folder / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_compiled_training_gives_the_eager_losses(toy_shards, tmp_path):
+    from molmini.training import train
+    torch._dynamo.reset()
+    steps = ["train.max_steps=20", "train.log_every=1", "train.checkpoint_every=0"]
+    train(toy_config(toy_shards, *steps), tmp_path / "eager")
+    train(toy_config(toy_shards, *steps, "train.compile=true"), tmp_path / "compiled")
+    eager, compiled = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
+    assert len(eager) == len(compiled) == 20
+    assert eager[-1] < eager[0]  # it trains, so equal losses are not equal constants
+    assert compiled == pytest.approx(eager, rel=2e-3, abs=2e-4)
+
+
+def test_bf16_autocast_trains_on_the_cpu(toy_shards, tmp_path):
+    from accelerate.state import AcceleratorState
+
+    from molmini.training import train
+    # accelerate keeps one process-wide state, and its precision cannot change once set: start afresh, and
+    # leave full precision behind for the tests after this one.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        summary = train(toy_config(toy_shards, "train.max_steps=12", "train.log_every=1",
+                                   "train.mixed_precision=bf16", "optim.lr=2e-3"), tmp_path / "bf16")
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    losses = _losses(tmp_path / "bf16")
+    assert summary["nonfinite_steps"] == 0 and all(map(math.isfinite, losses))
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3

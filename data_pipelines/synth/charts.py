@@ -23,7 +23,7 @@ from PIL import Image  # noqa: E402
 
 from data_pipelines.synth import common  # noqa: E402
 from data_pipelines.synth.common import qa_messages  # noqa: E402
-from molmini.data import Record  # noqa: E402
+from molmini.records import Record  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 from tqdm import tqdm
 
 from data_pipelines.shards import MANIFEST_NAME, ShardWriter, atomic_output_dir, read_manifest
-from molmini.data import IMAGE_MARKER, Record
+from molmini.records import IMAGE_MARKER, Record
 
 log = logging.getLogger(__name__)
 

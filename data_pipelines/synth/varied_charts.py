@@ -20,7 +20,7 @@ from PIL import Image  # noqa: E402
 
 from data_pipelines.synth.chart_qa import ChartData, make_questions, sample_chart_data  # noqa: E402
 from data_pipelines.synth.common import qa_messages  # noqa: E402
-from molmini.data import Record  # noqa: E402
+from molmini.records import Record  # noqa: E402
 
 SOURCE = "synth-charts-full"
 TASK = "chart_qa"
