@@ -250,6 +250,14 @@ def read_ai2d(spec: BenchmarkSpec, folder: Path, skip: SkipFn) -> Iterator[Bench
 
 # ---- held-out synthetic shards ---------------------------------------------------------------------------
 
+def record_qa(record) -> Iterator[tuple[int, str, str, str]]:
+    """(index, question, answer, question type) of each exchange of a synthetic record: the type is the
+    record's meta.qa_types entry, else its task. The one reading of a record as evaluation items."""
+    types = record.meta.get("qa_types") or []
+    for j, (question, answer) in enumerate(record.qa_pairs()):
+        yield j, question, answer, types[j] if j < len(types) else (record.task or "all")
+
+
 def read_synthetic(spec: BenchmarkSpec, folder: Path, skip: SkipFn) -> Iterator[BenchmarkItem]:
     """Every question/answer pair of every record; the subset is the record's meta.qa_types entry."""
     from molmini.records import BadRecords, find_shards, read_records
@@ -257,11 +265,9 @@ def read_synthetic(spec: BenchmarkSpec, folder: Path, skip: SkipFn) -> Iterator[
     # Every bad record reaches `skip` once; a shard cut short counts as all the samples it is missing.
     bad = BadRecords(on_skip=lambda entry: skip(entry.where.rpartition("/")[2], entry.message, entry.count))
     for record in read_records(find_shards(folder), bad):
-        types = record.meta.get("qa_types") or []
-        for j, (question, answer) in enumerate(record.qa_pairs()):
+        for j, question, answer, question_type in record_qa(record):
             yield BenchmarkItem(id=f"{record.key}-{j}", image=record.image, question=question, golds=[answer],
-                                metric=spec.metric, prompt_template=spec.prompt_template,
-                                subset=types[j] if j < len(types) else (record.task or "all"))
+                                metric=spec.metric, prompt_template=spec.prompt_template, subset=question_type)
 
 
 # ---- a user's own task: jsonl ----------------------------------------------------------------------------

@@ -10,24 +10,21 @@ from typing import Any, Iterable
 
 from molmini.records import BadRecords, Record, RecordError, Skip, find_shards, read_records
 
+from .benchmarks import record_qa
 from .metrics import exact_match, relaxed_accuracy
+from .models import majority_from_shards
 
 log = logging.getLogger(__name__)
 
 
 def qa_items(records: Iterable[Record]) -> list[dict[str, Any]]:
-    items = []
-    for rec in records:
-        types = rec.meta.get("qa_types") or []
-        for j, (question, answer) in enumerate(rec.qa_pairs()):
-            items.append({"key": rec.key, "index": j, "question": question, "answer": answer,
-                          "type": types[j] if j < len(types) else (rec.task or "all"), "record": rec})
-    return items
+    return [{"key": rec.key, "index": j, "question": question, "answer": answer, "type": question_type,
+             "record": rec} for rec in records for j, question, answer, question_type in record_qa(rec)]
 
 
-def majority_answers(train_dir: str) -> dict[str, str]:
-    """The most common answer per question type in the training split."""
-    from .models import majority_from_shards  # the majority baseline of the benchmark runner
+def majority_by_type(train_dir: str) -> dict[str, str]:
+    """The most common answer per question type in the training split (the benchmark runner's majority
+    baseline)."""
     return majority_from_shards(train_dir)[0]
 
 
@@ -49,7 +46,7 @@ def evaluate(model, test_dir: str, train_dir: str, batch_size: int = 64, max_new
                          f"`python -m data_pipelines inspect --input {test_dir}`")
     if max_items:
         items = items[:max_items]
-    majority = majority_answers(train_dir)
+    majority = majority_by_type(train_dir)
     predictions = model.generate([images[it["key"]] for it in items], [it["question"] for it in items],
                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
     rows = []

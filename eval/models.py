@@ -216,9 +216,9 @@ def majority_answers(typed_answers: Iterable[tuple[str, str]]) -> tuple[dict[str
 def majority_from_shards(train_dir: str) -> tuple[dict[str, str], str]:
     from molmini.records import find_shards, read_records
 
-    from .heldout import qa_items
-    items = qa_items(read_records(find_shards(train_dir)))
-    return majority_answers((item["type"], item["answer"]) for item in items)
+    from .benchmarks import record_qa
+    return majority_answers((question_type, answer) for record in read_records(find_shards(train_dir))
+                            for _, _, answer, question_type in record_qa(record))
 
 
 # ---- command-line specs ----------------------------------------------------------------------------------
