@@ -1,4 +1,4 @@
-"""A faster renderer for the basic bar and line charts: the same layout as `charts._draw_bar_or_line`,
+"""A faster renderer for the basic bar and line charts: the same layout as `chart_spec._draw_bar_or_line`,
 drawn as artists (rectangles, lines, texts) placed in figure coordinates, with no Axes, over a saved
 background of the y axis (which is the same for every chart of one layout).
 
@@ -21,8 +21,8 @@ from matplotlib.text import Text  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from data_pipelines.synth import charts  # noqa: E402
-from data_pipelines.synth.charts import CHAR_WIDTH, FIG_INCHES, PALETTE, TICK_PT, TITLE_PT, VALUE_PT  # noqa: E402
+from data_pipelines.synth import chart_spec as charts  # noqa: E402
+from data_pipelines.synth.chart_spec import CHAR_WIDTH, FIG_INCHES, PALETTE, TICK_PT, TITLE_PT, VALUE_PT  # noqa: E402
 
 Y_TICKS = (0, 25, 50, 75, 100)
 
