@@ -62,7 +62,7 @@ class KeyMaker:
 
 # ---- images -----------------------------------------------------------------------------------------------
 
-def encode_image(data: bytes) -> tuple[bytes, str]:
+def checked_image_bytes(data: bytes) -> tuple[bytes, str]:
     """(bytes, extension) for a Record: PNG and JPEG are kept byte for byte, other formats become PNG."""
     try:
         img = Image.open(io.BytesIO(data))
@@ -124,7 +124,7 @@ def image_digest(value: Any) -> str:
 
 # ---- conversations ----------------------------------------------------------------------------------------
 
-def qa_messages(pairs: Iterable[tuple[Any, Any]]) -> list[dict[str, str]]:
+def row_messages(pairs: Iterable[tuple[Any, Any]]) -> list[dict[str, str]]:
     """Alternating user/assistant messages from (question, answer) pairs; raises BadRow if nothing is left."""
     messages = []
     for question, answer in pairs:
@@ -146,7 +146,7 @@ def checked_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 
 
 def make_record(key: str, image: bytes, messages: list[dict[str, str]], **fields: Any) -> Record:
-    data, ext = encode_image(image)
+    data, ext = checked_image_bytes(image)
     return Record(key=key, image=data, image_ext=ext, messages=messages, **fields)
 
 
@@ -246,7 +246,7 @@ def convert_captions(jsonl_path: str | os.PathLike, images_dir: str | os.PathLik
                 caption = item.get("caption")
                 if not isinstance(caption, str) or not caption.strip():
                     raise BadRow("empty_conversation", "the caption is missing or empty")
-                messages = qa_messages([(IMAGE_MARKER + prompt, caption)])
+                messages = row_messages([(IMAGE_MARKER + prompt, caption)])
                 key = keys(source, os.path.splitext(item["image"])[0])
                 return make_record(key, read_image_file(item["image"], images_dir), messages, source=source,
                                    task=task, meta={"image": item["image"]})
@@ -317,7 +317,7 @@ def convert_cauldron(path: str | os.PathLike, images_dir: str | os.PathLike | No
             images, texts = values["images"] or [], values["texts"] or []
             if len(images) != 1:
                 raise BadRow("not_one_image", f"the row has {len(images)} images; a record holds exactly one")
-            messages = qa_messages((t.get("user"), t.get("assistant")) for t in texts)
+            messages = row_messages((t.get("user"), t.get("assistant")) for t in texts)
             text_sources = sorted({t.get("source") or "" for t in texts})
             name = source or "/".join(filter(None, ["the_cauldron", text_sources[0]]))
             return make_record(keys("cauldron", stem, f"{index:07d}"), struct_image(images[0], images_dir), messages,
@@ -352,7 +352,7 @@ def convert_pixmo_docs(path: str | os.PathLike, images_dir: str | os.PathLike | 
         image_id = values["image_id"] or f"{stem}-{index:07d}"
 
         def build() -> Record:
-            messages = qa_messages(pixmo_docs_pairs(values["questions"]))
+            messages = row_messages(pixmo_docs_pairs(values["questions"]))
             return make_record(keys(source, image_id), struct_image(values["image"], images_dir), messages,
                                source=source, task=task, meta={"image_id": image_id})
 
@@ -395,7 +395,7 @@ def convert_chartqa(path: str | os.PathLike, images_dir: str | os.PathLike | Non
 
         def build() -> Record:
             return make_record(keys(source, stem, f"{index:07d}"), struct_image(values["image"], images_dir),
-                               qa_messages(group["qas"]), source=source, task=task, meta=meta)
+                               row_messages(group["qas"]), source=source, task=task, meta=meta)
 
         record = _guarded(stats, f"chartqa {stem} row {index} (rows {group['rows']})", build,
                           rows=len(group["rows"]))

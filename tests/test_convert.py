@@ -11,7 +11,8 @@ from PIL import Image
 
 from data_pipelines.__main__ import main
 from data_pipelines.convert import (ConversionStats, convert, convert_captions, convert_cauldron, convert_chartqa,
-                                    convert_llava, convert_pixmo_docs, encode_image)
+                                    convert_llava, convert_pixmo_docs)
+from data_pipelines.convert import checked_image_bytes as encode_image
 from data_pipelines.shards import read_manifest, verify_manifest
 from molmini.records import IMAGE_MARKER, find_shards, iter_records
 
