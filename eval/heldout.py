@@ -59,7 +59,7 @@ def evaluate(model, test_dir: str, train_dir: str, batch_size: int = 64, max_new
                      "majority_answer": base, "majority_baseline": relaxed_accuracy(base, it["answer"])})
     results = {"benchmark": benchmark, "test_dir": str(test_dir), "skipped_records": bad.total,
                "skipped_by_reason": bad.by_reason,
-               "prompt_template": "<|user|><image>{question}<|end|><|assistant|>",
+               "prompt_template": model.processor.chat.prompt_template(),  # the layout the model was asked in
                "max_new_tokens": max_new_tokens, "per_type": {}, "overall": _summary(rows)}
     for qtype in sorted({r["type"] for r in rows}):
         results["per_type"][qtype] = {**_summary([r for r in rows if r["type"] == qtype]),

@@ -58,6 +58,11 @@ class ChatFormat:
                              "never stop")
         return fmt
 
+    def prompt_template(self, image_marker: str = "<image>") -> str:
+        """The text of a one-question prompt as this format lays it out, with `{question}` where the question
+        goes and `image_marker` where the image does: what an evaluation records as its prompt template."""
+        return self.first_user_prefix + image_marker + "{question}" + self.assistant_prefix
+
     def stop_token_id(self, tokenizer) -> int:
         """The token that ends an answer: the first token of the assistant suffix."""
         return tokenizer(self.assistant_suffix.strip(), add_special_tokens=False)["input_ids"][0]

@@ -211,3 +211,8 @@ def test_generate_command_line_answers_from_a_checkpoint(tiny_model, tmp_path):
     bad = subprocess.run(cmd[:7] + [str(tmp_path / "missing.png")] + cmd[9:], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "missing.png" in bad.stderr
+
+
+def test_the_recorded_prompt_template_is_molmini_s_own_layout_for_its_own_tokenizer(tokenizer):
+    from molmini.chat_format import ChatFormat
+    assert ChatFormat.from_tokenizer(tokenizer).prompt_template() == "<|user|><image>{question}<|end|><|assistant|>"

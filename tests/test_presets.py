@@ -133,3 +133,6 @@ def test_a_preset_trains_and_evaluates_through_train_py(tmp_path):
     assert model.config.multi_annotation == "masked" and model.config.vision.model_name == "ViT-B-16-SigLIP"
     assert model.processor.chat.assistant_suffix == "<|im_end|>\n"
     assert json.loads((run / "eval_results.json").read_text())["overall"]["n"] == 4
+    # the prompt template the results record is the LM's chat template the model was asked in
+    template = json.loads((run / "eval_results.json").read_text())["prompt_template"]
+    assert "<|im_start|>user\n<image>{question}<|im_end|>\n<|im_start|>assistant\n" in template
