@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true")
     push.set_defaults(func=cmd_push)
 
-    p = sub.add_parser("plot", help="draw a run's training curves to a PNG", description=plot.__doc__)
+    p = sub.add_parser("plot", help="draw a run's training curves to a PNG", description=cmd_plot.__doc__)
     p.add_argument("run_dir", type=Path, help="a run folder (holding train_log.jsonl)")
     p.add_argument("--out", help="the PNG to write (default: RUN_DIR/curves.png)")
     p.set_defaults(func=cmd_plot)

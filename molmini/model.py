@@ -33,7 +33,9 @@ WEIGHTS_FILE = "model.safetensors"
 
 class MolminiModel(nn.Module):
     def __init__(self, config: ModelConfig, tokenizer, max_length: int = 256, load_pretrained: bool = True,
-                 saved_lm_config: dict[str, Any] | None = None):
+                 saved_lm_config: dict[str, Any] | None = None, processor: MolminiProcessor | None = None):
+        """`processor`: the one a checkpoint saved (it must fit this model's tower and connector); without
+        it the processor is derived once from the model config, tower and connector, with `max_length`."""
         super().__init__()
         self.config = config
         self.token_ids = T.special_token_ids(tokenizer)
@@ -46,11 +48,17 @@ class MolminiModel(nn.Module):
         self.pad_embed = nn.Parameter(torch.zeros(2, self.vision.output_dim))
         self.register_buffer("image_mean", torch.tensor(self.vision.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(self.vision.image_std).view(1, 3, 1, 1), persistent=False)
-        self.processor = MolminiProcessor(tokenizer, ProcessorConfig(
-            image_size=self.vision.image_size, patch_size=self.vision.patch_size, image_mean=self.vision.image_mean,
-            image_std=self.vision.image_std, pool=self.connector.pool, max_crops=config.image.max_crops,
-            overlap_margin=config.image.overlap_margin, max_length=max_length,
-            multi_annotation=config.multi_annotation))
+        derived = ProcessorConfig.for_model(config, self.vision, self.connector, max_length)
+        if processor is None:
+            processor = MolminiProcessor(tokenizer, derived)
+        else:
+            saved = {k: v for k, v in dataclasses.asdict(processor.config).items() if k != "max_length"}
+            wanted = {k: v for k, v in dataclasses.asdict(derived).items() if k != "max_length"}
+            mismatched = {k: (saved[k], wanted[k]) for k in wanted if _listed(saved[k]) != _listed(wanted[k])}
+            if mismatched:
+                raise ValueError(f"the processor config does not fit the model (saved, expected): {mismatched}; "
+                                 "re-save the checkpoint with model.save_pretrained")
+        self.processor = processor
 
     # ---- forward ------------------------------------------------------------------------------------
     def image_features(self, pixel_values: torch.Tensor, pad_fraction: torch.Tensor, pool_index: torch.Tensor
@@ -162,8 +170,8 @@ class MolminiModel(nn.Module):
         tokenizer, processor config and a model card."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        config = {"model": dataclasses.asdict(self.config), "lm_config": self.lm.config.to_dict(),
-                  "max_length": self.processor.config.max_length}
+        # The sequence budget (max_length) is the processor's, in processor_config.json only.
+        config = {"model": dataclasses.asdict(self.config), "lm_config": self.lm.config.to_dict()}
         (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str))
         save_model(self, str(folder / WEIGHTS_FILE))
         self.processor.save_pretrained(folder)
@@ -172,7 +180,7 @@ class MolminiModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu",
-                        dtype: str | torch.dtype | None = None) -> "MolminiModel":
+                        dtype: str | torch.dtype | None = None, max_length: int | None = None) -> "MolminiModel":
         """Load a checkpoint folder or hub id (safetensors only, nothing is unpickled). `device="auto"` takes
         the GPU when there is one; `dtype="bfloat16"` halves the memory for inference on a GPU."""
         folder = resolve_checkpoint(name_or_path, required=CHECKPOINT_FILES)
@@ -183,9 +191,9 @@ class MolminiModel(nn.Module):
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{folder / CONFIG_FILE} is not a molmini model config ({e!r}); it must hold the "
                              "'model' and 'lm_config' that model.save_pretrained writes") from e
-        processor = MolminiProcessor.from_pretrained(folder)
-        model = cls(config, processor.tokenizer, max_length=saved.get("max_length", 256), load_pretrained=False,
-                    saved_lm_config=lm_config)
+        processor = MolminiProcessor.from_pretrained(folder, max_length=max_length)
+        model = cls(config, processor.tokenizer, load_pretrained=False, saved_lm_config=lm_config,
+                    processor=processor)
         try:
             missing, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=False)
         except (RuntimeError, OSError, SafetensorError) as e:  # shape mismatches, a truncated or foreign file
@@ -193,7 +201,6 @@ class MolminiModel(nn.Module):
         if missing or unexpected:
             raise ValueError(f"{folder / WEIGHTS_FILE} does not match {folder / CONFIG_FILE}: missing "
                              f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
-        model.processor = processor
         model.source_folder = folder
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -211,6 +218,11 @@ class MolminiModel(nn.Module):
             if card is not None and (card / "README.md").is_file():
                 shutil.copy(card / "README.md", folder / "README.md")
             return push_folder(folder, repo_id, private=private, token=token, commit_message=commit_message)
+
+
+def _listed(value: Any) -> list:
+    """Tuples and lists compare equal after a json round trip (mean and std are saved as lists)."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def annotation_mask(segment_ids: torch.Tensor, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -47,6 +47,16 @@ class ProcessorConfig:
     max_length: int = 256
     multi_annotation: str = "turns"
 
+    @classmethod
+    def for_model(cls, config, vision, connector, max_length: int) -> "ProcessorConfig":
+        """The one derivation of a processor config: crop size, patch size and normalisation from the vision
+        tower, the pooling window from the connector, cropping and annotation layout from the model config
+        (`molmini.config.ModelConfig`), and the sequence budget (`data.max_length`)."""
+        return cls(image_size=vision.image_size, patch_size=vision.patch_size, image_mean=vision.image_mean,
+                   image_std=vision.image_std, pool=connector.pool, max_crops=config.image.max_crops,
+                   overlap_margin=config.image.overlap_margin, max_length=max_length,
+                   multi_annotation=config.multi_annotation)
+
     def __post_init__(self):
         if self.multi_annotation not in MULTI_ANNOTATION:
             raise ValueError(f"multi_annotation {self.multi_annotation!r} is unknown; choose one of {MULTI_ANNOTATION}")
@@ -220,7 +230,9 @@ class MolminiProcessor:
         (folder / PROCESSOR_CONFIG).write_text(json.dumps(asdict(self.config), indent=2))
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "MolminiProcessor":
+    def from_pretrained(cls, folder: str | Path, max_length: int | None = None) -> "MolminiProcessor":
+        """The processor saved in a checkpoint folder; `max_length` replaces the saved sequence budget (a
+        later training stage with another data.max_length)."""
         folder = Path(folder)
         path = folder / PROCESSOR_CONFIG
         if not path.is_file():
@@ -230,6 +242,8 @@ class MolminiProcessor:
             saved = json.loads(path.read_text())
             known = {f.name for f in fields(ProcessorConfig)}
             config = ProcessorConfig(**{k: v for k, v in saved.items() if k in known})
+            if max_length is not None:
+                config.max_length = max_length
         except (ValueError, TypeError) as e:
             raise ValueError(f"{path} is not a valid processor config ({e}); re-save the checkpoint with "
                              "model.save_pretrained") from e

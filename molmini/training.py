@@ -87,8 +87,7 @@ def make_accelerator(cfg: Config) -> Accelerator:
 def build_model(cfg: Config, train_shards: list[str]) -> MolminiModel:
     """The previous stage's checkpoint (train.init_from), or a new model with a tokenizer for this data."""
     if cfg.train.init_from:
-        model = MolminiModel.from_pretrained(cfg.train.init_from)
-        model.processor.config.max_length = cfg.data.max_length
+        model = MolminiModel.from_pretrained(cfg.train.init_from, max_length=cfg.data.max_length)
         cfg.model = model.config  # the checkpoint defines the model; the run's config.yaml says so
         return model.train()
     tokenizer = build_tokenizer(cfg, train_shards)

@@ -216,3 +216,20 @@ def test_generate_command_line_answers_from_a_checkpoint(tiny_model, tmp_path):
 def test_the_recorded_prompt_template_is_molmini_s_own_layout_for_its_own_tokenizer(tokenizer):
     from molmini.chat_format import ChatFormat
     assert ChatFormat.from_tokenizer(tokenizer).prompt_template() == "<|user|><image>{question}<|end|><|assistant|>"
+
+
+def test_the_sequence_budget_is_stored_once_and_the_saved_processor_is_the_one_used(tiny_model, tmp_path):
+    import dataclasses
+    import json
+
+    from molmini.processor import MolminiProcessor
+    folder = tiny_model.save_pretrained(tmp_path / "ckpt")
+    assert "max_length" not in json.loads((folder / "config.json").read_text())
+    saved = json.loads((folder / "processor_config.json").read_text())["max_length"]
+    assert MolminiModel.from_pretrained(folder).processor.config.max_length == saved
+    assert MolminiModel.from_pretrained(folder, max_length=77).processor.config.max_length == 77
+    # a processor that does not fit the model (another crop size) is refused, not silently replaced
+    wrong = MolminiProcessor.from_pretrained(folder)
+    wrong.config = dataclasses.replace(wrong.config, image_size=wrong.config.image_size * 2)
+    with pytest.raises(ValueError, match="does not fit the model.*image_size"):
+        MolminiModel(tiny_model.config, wrong.tokenizer, load_pretrained=False, processor=wrong)
