@@ -77,8 +77,8 @@ class MolminiModel(nn.Module):
         embeds = self.lm.get_input_embeddings()(input_ids)
         placeholders = input_ids == self.token_ids[T.IMAGE_PATCH]
         feats = self.image_features(pixel_values, pad_fraction, pool_index).to(embeds.dtype)
-        # Data-dependent, so eager only: a compiled step would break its graph here. The processor's collate
-        # builds the batch so that the counts agree (checked there, outside the graph).
+        # Data-dependent, so eager only: a compiled step would break its graph here. Batches from the
+        # processor's collate are checked there, outside the graph; this catches hand-built inputs.
         if not torch.compiler.is_compiling() and placeholders.sum() != feats.shape[0]:
             raise ValueError(f"the batch has {int(placeholders.sum())} image placeholder tokens but its images "
                              f"give {feats.shape[0]} features; build inputs with this model's processor")

@@ -208,6 +208,13 @@ class MolminiProcessor:
                 segments[row, span] = torch.tensor(s.get("segment_ids", [1] * n))
                 positions[row, span] = torch.tensor(s.get("position_ids", range(n)))
         batch = {"input_ids": ids, "attention_mask": mask, **_stack_images(samples)}
+        # One image feature per placeholder (the connector gives one per pooling window). Checked here, on the
+        # host, so the model's compiled forward need not check it inside its graph.
+        placeholders = int((ids == self.ids[T.IMAGE_PATCH]).sum())
+        if placeholders != batch["pool_index"].shape[0]:
+            raise ValueError(f"the batch has {placeholders} image placeholder tokens but its images give "
+                             f"{batch['pool_index'].shape[0]} features; a sample was cut inside its image tokens "
+                             "or built by another processor")
         if any("labels" in s for s in samples):
             batch["labels"] = labels
         if masked:

@@ -350,15 +350,15 @@ def train_step(run: Run) -> StepResult:
     """One optimizer step over `grad_accum_steps` micro-batches; a non-finite loss or gradient norm skips
     the update (counted; too many in a row stop the run)."""
     cfg, accelerator = run.cfg, run.accelerator
-    waited = time.perf_counter()
     micro_batches = []
     for _ in range(cfg.train.grad_accum_steps):
+        waited = time.perf_counter()
         batch, info = next_batch(run.batches)
+        run.interval.data_wait += time.perf_counter() - waited  # the loader's time only, as before
         run.skips.update(info.skipped)
         run.position.update(info.position)
         run.interval.add(batch)
         micro_batches.append({k: v.to(accelerator.device) for k, v in batch.items()})
-    run.interval.data_wait += time.perf_counter() - waited
     loss, _ = accumulate_gradients(run.model, micro_batches, accelerator)
     # grad_clip <= 0: no clipping, but the norm is still measured (and guarded).
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf

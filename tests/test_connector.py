@@ -92,3 +92,15 @@ def test_an_option_the_connector_would_ignore_is_refused():
         return sum(p.numel() for p in build_connector(ConnectorConfig(kind=kind, mlp_hidden=hidden), 32, 48).parameters())
     for kind in ("attention_pool_2x2", "mlp"):  # these use it: their MLP's width changes with it
         assert size(kind, 64) != size(kind, 0)
+
+
+def test_collate_refuses_a_batch_whose_placeholders_and_image_features_disagree(tokenizer):
+    model = MolminiModel(tiny_config().model, tokenizer)
+    sample = model.processor.process_record(make_records(1)[0])
+    patch = model.token_ids[T.IMAGE_PATCH]
+    cut = dict(sample, input_ids=[t for i, t in enumerate(sample["input_ids"])
+                                  if not (t == patch and i == sample["input_ids"].index(patch))])
+    cut["labels"] = sample["labels"][:len(cut["input_ids"])]
+    with pytest.raises(ValueError, match=r"image placeholder tokens but its images give \d+ features"):
+        model.processor.collate([cut])
+    model.processor.collate([sample])  # the processor's own sample passes
