@@ -20,16 +20,13 @@ from molmini.errors import run_reporting_errors
 
 # torch, transformers, accelerate and open_clip are imported where they are used, so --help answers at once.
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
-
-
 SYNTH_GENERATORS = ("charts", "tables", "documents", "words")
 
 
 def prepare_data(cfg: Config) -> None:
     """Synthesize the train and held-out splits where configured: reused when a folder holds exactly that
     set, written when it is empty or missing; a folder holding anything else is an error, never replaced."""
-    from molmini.records import find_shards
+    from molmini.shard_reader import find_shards
     synth = cfg.data.synth
     if synth is not None:
         if synth.generator not in SYNTH_GENERATORS:
@@ -59,7 +56,11 @@ def prepare_data(cfg: Config) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: configs/default.yaml)")
+    ap.add_argument("--config", default=None, help="YAML config (default: configs/default.yaml); a relative "
+                    "configs/... path that is not here names the config molmini ships (molmini/shipped_configs.py)")
+    ap.add_argument("--print-config", action="store_true",
+                    help="print the resolved config (YAML, after the preset and overrides) and the model's parameters "
+                         "per component, trainable and frozen in this stage; build nothing else, write nothing")
     ap.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation after training")
     ap.add_argument("--resume", default="", metavar="auto|PATH",
                     help="continue a run: `auto` takes the latest complete checkpoint of the run folder (needs "
@@ -71,7 +72,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 train.max_steps=100")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return run_reporting_errors(lambda: run(args), debug=args.debug)
+    return run_reporting_errors(lambda: print_config(args) if args.print_config else run(args), debug=args.debug)
+
+
+def resolved_config(args: argparse.Namespace) -> Config:
+    from molmini.shipped_configs import default_config, resolve_config
+    return load_config(resolve_config(args.config) if args.config else default_config(), args.overrides)
+
+
+def print_config(args: argparse.Namespace) -> int:
+    """The config as YAML (reusable as --config), then the parameter table as YAML comments: no data is
+    prepared, no run folder written, no pretrained weights fetched."""
+    import yaml
+
+    from molmini.model_summary import format_counts, stage_parameter_counts
+    cfg = resolved_config(args)
+    counts = stage_parameter_counts(cfg)  # with train.init_from, cfg.model becomes the checkpoint's
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    print(format_counts(counts))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,8 +99,10 @@ def run(args: argparse.Namespace) -> int:
     from molmini.checkpointing import check_run_folder, move_run_aside
     from molmini.hub import write_model_card
     from molmini.model import MolminiModel
-    from molmini.training import NonFiniteLossError, make_accelerator, train
-    cfg = load_config(args.config, args.overrides)
+    from molmini.accelerator import make_accelerator
+    from molmini.progress import logs_around_bars
+    from molmini.training import NonFiniteLossError, train
+    cfg = resolved_config(args)
     if args.resume == "auto" and not cfg.train.run_name:
         raise ConfigError("--resume auto continues the run folder named by train.run_name; pass "
                           "train.run_name=NAME (the same as the run to continue)")
@@ -101,19 +122,27 @@ def run(args: argparse.Namespace) -> int:
         prepare_data(cfg)
 
     try:
-        summary = train(cfg, run_dir, accelerator, resume=args.resume)
+        with logs_around_bars():  # warnings (a skipped record) print above the progress bar
+            summary = train(cfg, run_dir, accelerator, resume=args.resume)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if accelerator.is_main_process and not args.no_eval:
-        from eval.heldout import evaluate, format_table, write_results
+        from eval.heldout import evaluate, format_table, write_heldout_report
         checkpoint = run_dir / "checkpoint"
-        model = MolminiModel.from_pretrained(checkpoint)
+        card = write_model_card
+        if cfg.model.hf_vlm:  # the family's own folder, and its own model card
+            from molmini.hf_vlm import HFVisionLanguageModel, resolve_hf_vlm, write_hf_model_card
+            model = HFVisionLanguageModel.from_pretrained(str(checkpoint), max_length=cfg.data.max_length)
+            model.source, card = resolve_hf_vlm(cfg.model.hf_vlm), write_hf_model_card
+        else:
+            model = MolminiModel.from_pretrained(checkpoint)
         results, rows = evaluate(model, cfg.data.test_dir, cfg.data.train_dir, batch_size=cfg.eval.batch_size,
-                                 max_new_tokens=cfg.eval.max_new_tokens, max_items=cfg.eval.max_items)
+                                 max_new_tokens=cfg.eval.max_new_tokens, max_items=cfg.eval.max_items,
+                                 model_path=str(checkpoint))
         results["checkpoint"] = str(checkpoint)
-        write_results(run_dir, results, rows)
-        write_model_card(checkpoint, model, eval_results=results, training=summary)
+        write_heldout_report(run_dir, results, rows)
+        card(checkpoint, model, eval_results=results, training=summary)
         print(format_table(results))
     if accelerator.is_main_process:
         print(f"run folder: {run_dir}  (checkpoint: {run_dir / 'checkpoint'})")

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from data_pipelines.shards import ShardWriter  # noqa: E402
 from data_pipelines.synth import charts, documents, tables, varied_charts  # noqa: E402
 from data_pipelines.synth.fast_charts import render_chart_direct  # noqa: E402
-from molmini.records import find_shards  # noqa: E402
+from molmini.shard_reader import find_shards  # noqa: E402
 from molmini.stream import ShardStream
 
 

@@ -3,6 +3,7 @@ images, and remove question/answer exchanges that also occur (normalised) in an 
 the rest of the record."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import unicodedata
@@ -10,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from molmini.records import IMAGE_MARKER, BadRecords, Record, find_shards, read_records, strip_image_marker
+from molmini.records import IMAGE_MARKER, Record, strip_image_marker
+from molmini.shard_reader import BadRecords, find_shards, read_records
 from data_pipelines.dedup import HammingIndex
 from data_pipelines.filters import DEFAULT_HASH_THRESHOLD, Filter, _phash_or_reason
 
@@ -51,6 +53,7 @@ def load_eval_set(folders: Iterable[str | os.PathLike], threshold: int = DEFAULT
 class EvalImageOverlap(Filter):
     """Drops a training record whose image is within the eval set's Hamming threshold of an evaluation image."""
     name = "eval_image_overlap"
+    judges_image = True
 
     def __init__(self, evals: EvalSet) -> None:
         super().__init__()
@@ -95,8 +98,7 @@ class EvalQAOverlap(Filter):
             if n == 0 and i != 0:  # the image marker stays with the first user turn
                 user["content"] = _move_marker(record.messages[0]["content"], user["content"])
             messages += [user, assistant]
-        return Record(key=record.key, image=record.image, messages=messages, source=record.source,
-                      task=record.task, meta=record.meta, image_ext=record.image_ext), None
+        return dataclasses.replace(record, messages=messages), None  # every image kept
 
     def params(self) -> dict[str, Any]:
         return {"eval_qa_pairs": len(self.evals.qa_pairs)}

@@ -44,6 +44,7 @@ class HammingIndex:
 class ExactDuplicates(Filter):
     """Drops a record whose image bytes (sha256) equal those of a record seen before."""
     name = "exact_duplicates"
+    judges_image = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -58,6 +59,7 @@ class ExactDuplicates(Filter):
 class NearDuplicates(Filter):
     """Drops a record whose image's perceptual hash is within `threshold` bits of one seen before."""
     name = "near_duplicates"
+    judges_image = True
 
     def __init__(self, threshold: int = DEFAULT_HASH_THRESHOLD) -> None:
         super().__init__(threshold=threshold)

@@ -51,12 +51,15 @@ class Filter:
     """A curation step. Subclasses set `name` and implement `reject` (why to drop, or None); the keyword
     arguments given to `__init__` are the parameters the report shows (each subclass keeps them too)."""
     name = "filter"
+    judges_image = False  # True for filters of the image: they pass a text-only record (nothing to judge)
 
     def __init__(self, **params: Any) -> None:
         self.counts: Counter[str] = Counter()  # extra numbers for the report (beyond records dropped)
         self._params = params  # what the report shows; each subclass also keeps its own as attributes
 
     def apply(self, record: Record) -> tuple[Record | None, str | None]:
+        if self.judges_image and record.image is None:
+            return record, None
         why = self.reject(record)
         return (record, None) if why is None else (None, why)
 
@@ -84,6 +87,7 @@ def _phash_or_reason(record: Record) -> tuple[int | None, str | None]:
 class MinImageSize(Filter):
     """Drops images whose shorter side is under `min_side` pixels (or whose header cannot be read)."""
     name = "min_image_size"
+    judges_image = True
 
     def __init__(self, min_side: int = 32) -> None:
         super().__init__(min_side=min_side)
@@ -99,6 +103,7 @@ class MinImageSize(Filter):
 class MaxAspectRatio(Filter):
     """Drops images whose longer side is more than `max_ratio` times the shorter one."""
     name = "max_aspect_ratio"
+    judges_image = True
 
     def __init__(self, max_ratio: float = 4.0) -> None:
         super().__init__(max_ratio=max_ratio)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from molmini.records import BadRecords, Record, RecordError, Skip, find_shards, read_records
+from molmini.records import Record, RecordError
+from molmini.shard_reader import BadRecords, Skip, find_shards, read_records
 
 LINE_HEIGHT = 12
 CHARS_PER_LINE = 34

@@ -19,15 +19,18 @@ MAX_EXAMPLES = 10  # skipped row names kept per reason
 
 @dataclass
 class ConversionStats:
-    """What a conversion read, wrote and skipped (by reason, with example row names)."""
+    """What a conversion read, wrote (of which text-only and multi-image records) and skipped (by reason,
+    with example row names)."""
     rows: int = 0
     records: int = 0
+    text_only: int = 0
+    multi_image: int = 0
     skipped: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     def skip(self, row: str, error: Exception, rows: int = 1) -> None:
         """Count `rows` source rows (several, for a merged group) as skipped for `error.reason` (a
-        convert.BadRow)."""
+        sources.rows.BadRow)."""
         self.skipped[error.reason] += rows
         names = self.examples.setdefault(error.reason, [])
         if len(names) < MAX_EXAMPLES:
@@ -35,7 +38,8 @@ class ConversionStats:
         log.warning("skipped %s: %s", row, error)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "records": self.records, "skipped": dict(sorted(self.skipped.items())),
+        return {"rows": self.rows, "records": self.records, "text_only": self.text_only,
+                "multi_image": self.multi_image, "skipped": dict(sorted(self.skipped.items())),
                 "skipped_examples": dict(sorted(self.examples.items()))}
 
 

@@ -19,7 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from molmini.records import Record, find_shards
+from molmini.progress import progress_bar
+from molmini.records import Record
+from molmini.shard_reader import find_shards
 
 MANIFEST_NAME = "manifest.json"
 SHARD_PATTERN = "shard-%06d.tar"
@@ -183,16 +185,16 @@ def list_shards(folder: str | os.PathLike) -> list[str]:
     return find_shards(folder)
 
 
-def verify_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+def verify_manifest(folder: str | os.PathLike, progress: bool | None = None) -> dict[str, Any]:
     """Recompute every shard's sha256 and sample count; raise ManifestError naming each mismatch.
 
-    Returns the manifest when everything matches.
+    Returns the manifest when everything matches. `progress`: a bar per shard (default: on a terminal).
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
     problems = []
     listed = set()
-    for entry in manifest.get("shards", []):
+    for entry in progress_bar(manifest.get("shards", []), enabled=progress, desc=f"verify {folder}", unit="shard"):
         path = folder / entry["name"]
         listed.add(entry["name"])
         if not path.is_file():

@@ -13,6 +13,7 @@ held-out shard folder per question type beside the training split's majority ans
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -24,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="checkpoint folder or hub id")
     p.add_argument("--test-dir", required=True, help="held-out shard folder")
     p.add_argument("--train-dir", required=True, help="training shard folder (for the majority baseline)")
-    p.add_argument("--out", default=None, help="folder for the results (default: print only)")
+    p.add_argument("--out", default=None, help="folder for the results and the prediction cache, so a rerun "
+                   "answers only what is missing (default: print only)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N items only")
@@ -32,18 +34,27 @@ def main(argv: list[str] | None = None) -> int:
     add_run_command(commands)
     add_report_command(commands)
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "run":
         return run_command(args)
     if args.command == "report":
         return report_command(args)
 
     from molmini.model import MolminiModel
+    from molmini.progress import logs_around_bars
 
-    from .heldout import evaluate, format_table, write_results
+    from .heldout import evaluate, format_table, write_heldout_report
+    from .models import is_hf_folder
     try:
-        model = MolminiModel.from_pretrained(args.model, device=args.device)
-        results, rows = evaluate(model, args.test_dir, args.train_dir, batch_size=args.batch_size,
-                                 max_new_tokens=args.max_new_tokens, max_items=args.limit)
+        if is_hf_folder(args.model):  # a transformers VLM (one fine-tuned with model.hf_vlm): asked as it was trained
+            from molmini.hf_vlm import HFVisionLanguageModel
+            model = HFVisionLanguageModel.from_pretrained(args.model, device=args.device)
+        else:
+            model = MolminiModel.from_pretrained(args.model, device=args.device)
+        with logs_around_bars():  # skipped-record warnings print above the bar
+            results, rows = evaluate(model, args.test_dir, args.train_dir, batch_size=args.batch_size,
+                                     max_new_tokens=args.max_new_tokens, max_items=args.limit,
+                                     model_path=args.model, out_dir=args.out)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -51,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(results))
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        write_results(args.out, results, rows)
+        write_heldout_report(args.out, results, rows)
         print(f"wrote {args.out}/eval_results.json and eval_predictions.jsonl")
     return 0
 
@@ -67,12 +78,19 @@ def add_run_command(commands) -> None:
                    "text-only:MOLMINI_PATH, llava:PATH_OR_ID, hf:PATH_OR_ID")
     p.add_argument("--out", required=True, help="results folder (rerunning into it resumes)")
     p.add_argument("--limit", type=int, default=0, help="the first N items of each benchmark only")
+    p.add_argument("--prompt-template", default="", help="ask every benchmark with this template instead of "
+                   "its own (recorded with the scores): question_only, lmms_eval_chartqa, lmms_eval_short_answer, "
+                   "lmms_eval_textvqa, lmms_eval_mcq")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--lmms-eval-layout", action="store_true", help="also write the results in lmms-eval's "
+                   "layout under OUT/lmms_eval/<model>/ (eval/lmms_layout.py)")
     p.epilog = build_adapter.__doc__
 
 
 def run_command(args) -> int:
+    from molmini.progress import logs_around_bars
+
     from .models import build_adapter
     from .runner import parse_benchmarks, run
     specs = args.model + [s for s in args.baselines.split(",") if s.strip()]
@@ -80,9 +98,14 @@ def run_command(args) -> int:
         print("error: nothing to run; give --model and/or --baselines", file=sys.stderr)
         return 2
     try:
-        benchmarks = parse_benchmarks(args.benchmarks)
-        run(specs, benchmarks, args.out, lambda spec: build_adapter(spec, args.batch_size, args.device),
-            limit=args.limit, batch_size=args.batch_size)
+        benchmarks = parse_benchmarks(args.benchmarks, args.prompt_template)
+        with logs_around_bars():  # warnings (a skipped row, a torn cache line) print above the bars
+            entries = run(specs, benchmarks, args.out, lambda spec: build_adapter(spec, args.batch_size, args.device),
+                          limit=args.limit, batch_size=args.batch_size)
+        if args.lmms_eval_layout:
+            from .lmms_layout import write_lmms_layout
+            for path in write_lmms_layout(args.out, entries):
+                print(f"wrote {path} (lmms-eval's layout)")
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

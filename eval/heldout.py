@@ -1,70 +1,62 @@
-"""Held-out evaluation on a shard folder: every question/answer pair of every record is one item,
-scored with relaxed accuracy (ChartQA) and exact match, reported per question type beside the
-majority-answer baseline taken from the training split."""
+"""The main job's held-out report: the runner over the synthetic benchmark (every question/answer pair of
+every record in a shard folder), scored with relaxed accuracy (ChartQA) and exact match, per question
+type, beside the majority-answer baseline fitted on the training split. It adds only the report's
+shape to what `python -m eval run --benchmarks synthetic=DIR --baselines majority:TRAIN_DIR` computes."""
 from __future__ import annotations
 
+import dataclasses
 import json
-import logging
+import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from molmini.records import BadRecords, Record, RecordError, Skip, find_shards, read_records
-
-from .benchmarks import record_qa
+from .benchmarks import load_benchmark
 from .metrics import exact_match, relaxed_accuracy
-from .models import majority_from_shards
-
-log = logging.getLogger(__name__)
-
-
-def qa_items(records: Iterable[Record]) -> list[dict[str, Any]]:
-    return [{"key": rec.key, "index": j, "question": question, "answer": answer, "type": question_type,
-             "record": rec} for rec in records for j, question, answer, question_type in record_qa(rec)]
-
-
-def majority_by_type(train_dir: str) -> dict[str, str]:
-    """The most common answer per question type in the training split (the benchmark runner's majority
-    baseline)."""
-    return majority_from_shards(train_dir)[0]
+from .models import MajorityAnswerBaseline, adapter_for
+from .runner import NothingToEvaluate, predict
 
 
 def evaluate(model, test_dir: str, train_dir: str, batch_size: int = 64, max_new_tokens: int = 8,
-             max_items: int = 0, benchmark: str = "synth-charts") -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Greedy answers for every held-out item; returns (results, per-item predictions)."""
-    bad = BadRecords(on_skip=lambda skip: log.warning("evaluation skipped: %s", skip.message))
-    images, records = {}, []
-    for rec in read_records(find_shards(test_dir), bad):
+             max_items: int = 0, benchmark: str = "synth-charts", model_path: str | None = None,
+             out_dir: str | Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Greedy answers of `model` (loaded from `model_path`, which keys the runner's prediction cache
+    in `out_dir`; without one the cache is thrown away) for every held-out item; returns (results,
+    per-item rows)."""
+    bench = load_benchmark("synthetic", test_dir)
+    bench.spec = dataclasses.replace(bench.spec, max_new_tokens=max_new_tokens, one_image=False)
+    adapter = adapter_for(model, model_path or f"in-memory-{id(model):x}", batch_size)
+    with tempfile.TemporaryDirectory(prefix="molmini-heldout-") as scratch:
         try:
-            images[rec.key] = rec.load_image()
-            records.append(rec)
-        except RecordError as e:
-            bad.add(Skip(rec.key, e.reason, str(e)))
-    items = qa_items(records)
-    if not items:
-        raise ValueError(f"nothing to evaluate in {test_dir}: no readable question/answer pair "
-                         f"({bad.total} bad records: {bad.describe()}); check the folder's shards, e.g. with "
-                         f"`python -m data_pipelines inspect --input {test_dir}`")
-    if max_items:
-        items = items[:max_items]
-    majority = majority_by_type(train_dir)
-    predictions = model.generate([images[it["key"]] for it in items], [it["question"] for it in items],
-                                 max_new_tokens=max_new_tokens, batch_size=batch_size)
-    rows = []
-    for it, pred in zip(items, predictions):
-        base = majority.get(it["type"], "")
-        rows.append({"key": it["key"], "index": it["index"], "type": it["type"], "question": it["question"],
-                     "answer": it["answer"], "prediction": pred,
-                     "relaxed_accuracy": relaxed_accuracy(pred, it["answer"]),
-                     "exact_match": exact_match(pred, it["answer"]),
-                     "majority_answer": base, "majority_baseline": relaxed_accuracy(base, it["answer"])})
-    results = {"benchmark": benchmark, "test_dir": str(test_dir), "skipped_records": bad.total,
-               "skipped_by_reason": bad.by_reason,
-               "prompt_template": model.processor.chat.prompt_template(),  # the layout the model was asked in
+            _, predictions, _, _ = predict(adapter, bench, Path(out_dir or scratch), limit=max_items,
+                                           batch_size=batch_size, desc=f"held-out {benchmark}")
+        except NothingToEvaluate:
+            skipped = {reason: n for reason, n in bench.skipped_by_reason.items() if n}
+            described = ", ".join(f"{n} {reason}" for reason, n in skipped.items()) or "none"
+            raise ValueError(f"nothing to evaluate in {test_dir}: no readable question/answer pair "
+                             f"({sum(skipped.values())} bad records: {described}); check the folder's shards, "
+                             f"e.g. with `python -m data_pipelines inspect --input {test_dir}`") from None
+    majority = MajorityAnswerBaseline(train_dir)
+    rows = [_row(prediction, majority) for prediction in predictions]
+    skipped = dict(sorted((reason, n) for reason, n in bench.skipped_by_reason.items() if n))
+    results = {"benchmark": benchmark, "test_dir": str(test_dir), "skipped_records": sum(skipped.values()),
+               "skipped_by_reason": skipped,
+               "prompt_template": adapter.describe()["prompt_layout"],  # the layout the model was asked in
                "max_new_tokens": max_new_tokens, "per_type": {}, "overall": _summary(rows)}
     for qtype in sorted({r["type"] for r in rows}):
         results["per_type"][qtype] = {**_summary([r for r in rows if r["type"] == qtype]),
-                                      "majority_answer": majority.get(qtype, "")}
+                                      "majority_answer": majority.answer(qtype)}
     return results, rows
+
+
+def _row(prediction: dict[str, Any], majority: MajorityAnswerBaseline) -> dict[str, Any]:
+    """The report's row for one of the runner's prediction rows (item id: `<record key>-<pair index>`)."""
+    key, _, index = prediction["item_id"].rpartition("-")
+    answer, pred, qtype = prediction["golds"][0], prediction["prediction"], prediction["subset"]
+    base = majority.answer(qtype)
+    return {"key": key, "index": int(index), "type": qtype, "question": prediction["prompt"], "answer": answer,
+            "prediction": pred, "relaxed_accuracy": relaxed_accuracy(pred, answer),
+            "exact_match": exact_match(pred, answer), "majority_answer": base,
+            "majority_baseline": relaxed_accuracy(base, answer)}
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -85,7 +77,8 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(run_dir: str | Path, results: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+def write_heldout_report(run_dir: str | Path, results: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """eval_results.json (the table's figures) and eval_predictions.jsonl (a row per item) in `run_dir`."""
     run_dir = Path(run_dir)
     (run_dir / "eval_results.json").write_text(json.dumps(results, indent=2))
     with open(run_dir / "eval_predictions.jsonl", "w") as f:

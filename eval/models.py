@@ -23,7 +23,8 @@ from typing import Any, Iterable, Sequence
 
 from PIL import Image
 
-from .benchmarks import BenchmarkItem
+from .items import BenchmarkItem
+from .readers import record_qa
 
 
 def fingerprint(name_or_path: str) -> str:
@@ -58,15 +59,19 @@ class ModelAdapter:
         raise NotImplementedError
 
     def predict(self, items: Sequence[BenchmarkItem], max_new_tokens: int) -> list[str]:
-        return self.generate([item.load_image() for item in items], [item.prompt for item in items], max_new_tokens)
+        return self.generate([item.load_images() for item in items], [item.prompt for item in items],
+                             max_new_tokens)
 
     def for_benchmark(self, items: Iterable[BenchmarkItem]) -> "ModelAdapter":
         """The adapter to use on a benchmark with these items (a baseline fitted to them may differ)."""
         return self
 
     def describe(self) -> dict[str, Any]:
+        model = getattr(self, "model", None)
         return {"name": self.name, "kind": self.kind, "num_parameters": self.num_parameters,
-                "cache_key": self.cache_key, "training_cost": getattr(self, "training_cost", None)}
+                "cache_key": self.cache_key, "training_cost": getattr(self, "training_cost", None),
+                # the layout the model was asked in: its own chat template around the benchmark's prompt
+                "prompt_layout": model.processor.chat.prompt_template() if model is not None else None}
 
 
 # ---- molmini ---------------------------------------------------------------------------------------------
@@ -87,12 +92,14 @@ def read_training_cost(checkpoint: str | Path) -> dict[str, Any] | None:
 
 
 class MolminiAdapter(ModelAdapter):
+    """A molmini checkpoint, loaded from `name_or_path`, or `model` when it is loaded already (then
+    `name_or_path` is the folder it came from: it names the model and keys the cache)."""
     kind = "molmini"
 
-    def __init__(self, name_or_path: str, batch_size: int = 32, device: str = "cpu"):
+    def __init__(self, name_or_path: str, batch_size: int = 32, device: str = "cpu", model=None):
         from molmini.model import MolminiModel
 
-        self.model = MolminiModel.from_pretrained(name_or_path, device=device)
+        self.model = model if model is not None else MolminiModel.from_pretrained(name_or_path, device=device)
         self.batch_size = batch_size
         self.name = display_name(name_or_path)
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
@@ -116,55 +123,44 @@ class TextOnlyAdapter(MolminiAdapter):
         self.training_cost = None
 
     def generate(self, images, prompts, max_new_tokens):
-        blanks = [Image.new("RGB", image.size, "white") for image in images]
-        return super().generate(blanks, prompts, max_new_tokens)
+        def blank(image):  # an image, a list of them, or None (a text-only question)
+            if isinstance(image, list):
+                return [blank(one) for one in image]
+            return None if image is None else Image.new("RGB", image.size, "white")
+        return super().generate([blank(image) for image in images], prompts, max_new_tokens)
 
 
 # ---- any transformers VLM --------------------------------------------------------------------------------
 
 class HFVisionLanguageAdapter(ModelAdapter):
-    """A Hugging Face image-text-to-text model with its own processor and chat template. Prompts are one
-    user turn, image first; batches are left-padded and decoded past the prompt."""
+    """A Hugging Face image-text-to-text model with its own processor and chat template, asked exactly as
+    molmini fine-tunes one (molmini.hf_vlm): one user turn, image first, left-padded batches decoded past
+    the prompt."""
     kind = "baseline"
 
-    def __init__(self, name_or_path: str, batch_size: int = 8, device: str = "cpu"):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+    def __init__(self, name_or_path: str, batch_size: int = 8, device: str = "cpu", model=None):
+        from molmini.hf_vlm import HFVisionLanguageModel
 
-        self.processor = AutoProcessor.from_pretrained(name_or_path)
-        self.processor.tokenizer.padding_side = "left"  # decoder-only generation continues from the right
-        self.model = AutoModelForImageTextToText.from_pretrained(
-            name_or_path, dtype="auto" if device != "cpu" else None).to(device).eval()
-        if self.model.generation_config.pad_token_id is None:
-            self.model.generation_config.pad_token_id = self.processor.tokenizer.pad_token_id
+        if model is None:
+            model = HFVisionLanguageModel.from_pretrained(name_or_path, dtype="auto" if device != "cpu" else None,
+                                                          device=device)
+        self.model = model.eval()
+        self.processor = self.model.processor.processor
         self.batch_size, self.device = batch_size, device
         self.name = display_name(name_or_path)
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         self.cache_key = f"hf:{fingerprint(name_or_path)}"
+        self.training_cost = read_training_cost(name_or_path)
+        if self.training_cost is not None:  # a model molmini fine-tuned is reported as one of its own
+            self.kind = "molmini"
 
     def format_prompt(self, prompt: str) -> str:
-        """The model's chat template around one user turn, image first. A processor without one
-        (PaliGemma: its processor adds the <bos> after the image and the "\n" that ends the prefix) gets the
-        bare prompt after its image token."""
-        if not getattr(self.processor, "chat_template", None):
-            return getattr(self.processor, "image_token", "") + prompt
-        turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        return self.processor.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+        from molmini.hf_vlm import format_prompt
+        return format_prompt(self.processor, prompt)
 
     def generate(self, images, prompts, max_new_tokens):
-        import torch
-
-        answers: list[str] = []
-        for start in range(0, len(prompts), self.batch_size):
-            texts = [self.format_prompt(p) for p in prompts[start:start + self.batch_size]]
-            # one list of images per prompt: processors that split a flat list by counting image tokens
-            # (Idefics3) and those that require the nesting (SmolVLM) both read it
-            inputs = self.processor(images=[[image] for image in images[start:start + self.batch_size]], text=texts,
-                                    return_tensors="pt", padding=True).to(self.device)
-            with torch.no_grad():
-                output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-            new_tokens = output[:, inputs["input_ids"].shape[1]:]
-            answers += [a.strip() for a in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
-        return answers
+        return self.model.generate(list(images), list(prompts), max_new_tokens=max_new_tokens,
+                                   batch_size=self.batch_size)
 
 
 # ---- majority answer -------------------------------------------------------------------------------------
@@ -214,9 +210,8 @@ def majority_answers(typed_answers: Iterable[tuple[str, str]]) -> tuple[dict[str
 
 
 def majority_from_shards(train_dir: str) -> tuple[dict[str, str], str]:
-    from molmini.records import find_shards, read_records
+    from molmini.shard_reader import find_shards, read_records
 
-    from .benchmarks import record_qa
     return majority_answers((question_type, answer) for record in read_records(find_shards(train_dir))
                             for _, _, answer, question_type in record_qa(record))
 
@@ -227,9 +222,10 @@ BASELINE_KINDS = ("majority", "text-only", "llava", "hf")
 
 
 def is_hf_folder(path: str) -> bool:
-    """A transformers checkpoint folder (its config.json names a model_type); molmini's does not."""
+    """A transformers checkpoint folder of another family: its config.json names a model_type other than
+    "molmini" (molmini's own checkpoints name "molmini", or, saved before they loaded in transformers, none)."""
     config = Path(path) / "config.json"
-    return config.is_file() and "model_type" in json.loads(config.read_text())
+    return config.is_file() and json.loads(config.read_text()).get("model_type") not in (None, "molmini")
 
 
 def build_adapter(spec: str, batch_size: int = 16, device: str = "cpu") -> ModelAdapter:
@@ -249,3 +245,13 @@ def build_adapter(spec: str, batch_size: int = 16, device: str = "cpu") -> Model
     if kind in ("hf", "llava") or is_hf_folder(target):
         return HFVisionLanguageAdapter(target, batch_size, device)
     return MolminiAdapter(target, batch_size, device)
+
+
+def adapter_for(model, name_or_path: str, batch_size: int = 32) -> ModelAdapter:
+    """The adapter for a model loaded already (molmini's own, or a transformers VLM molmini fine-tuned),
+    which came from the folder `name_or_path`."""
+    from molmini.hf_vlm import HFVisionLanguageModel
+
+    if isinstance(model, HFVisionLanguageModel):
+        return HFVisionLanguageAdapter(name_or_path, batch_size, model=model)
+    return MolminiAdapter(name_or_path, batch_size, model=model)

@@ -24,7 +24,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from .benchmarks import Benchmark, BenchmarkItem, load_benchmark
+from molmini.progress import progress_bar
+
+from .benchmarks import load_benchmark
+from .items import Benchmark, BenchmarkItem
 from .metrics import extract_choice, normalise_vqa_answer
 from .models import ModelAdapter
 
@@ -34,15 +37,16 @@ RESULTS_FILE = "results.json"
 BENCHMARK_ALIASES = {"synth-charts": "synthetic"}  # the name eval.heldout reports under
 
 
-def parse_benchmarks(specs: str | Sequence[str]) -> list[Benchmark]:
+def parse_benchmarks(specs: str | Sequence[str], prompt_template: str = "") -> list[Benchmark]:
     """`chartqa,synthetic=data/charts/test,jsonl=my_task.jsonl`: a benchmark name, optionally with its
-    path (default: its folder under benchmarks/). Every path is checked before any model loads."""
+    path (default: its folder under benchmarks/). Every path is checked before any model loads.
+    `prompt_template` (a key of PROMPT_TEMPLATES) asks every benchmark's items with that template."""
     if isinstance(specs, str):
         specs = [s for s in specs.split(",") if s.strip()]
     benchmarks = []
     for spec in specs:
         name, _, path = spec.strip().partition("=")
-        benchmarks.append(load_benchmark(BENCHMARK_ALIASES.get(name, name), path or None))
+        benchmarks.append(load_benchmark(BENCHMARK_ALIASES.get(name, name), path or None, prompt_template))
     return benchmarks
 
 
@@ -95,11 +99,23 @@ def read_cached_predictions(path: Path, cache_key: str) -> dict[str, str]:
 
 # ---- running ---------------------------------------------------------------------------------------------
 
+class NothingToEvaluate(ValueError):
+    """A benchmark that yielded no readable item: a score over none would read as a result."""
+
+
 def evaluate(adapter: ModelAdapter, benchmark: Benchmark, out_dir: str | Path, limit: int = 0,
              batch_size: int = 16) -> dict[str, Any]:
     """Score `adapter` on the first `limit` items (all when 0) of `benchmark`, answering only the items
     not yet in the predictions file; returns the result entry of results.json."""
     out_dir = Path(out_dir)
+    adapter, rows, path, answered = predict(adapter, benchmark, out_dir, limit, batch_size)
+    return summarise(adapter, benchmark, rows, limit, path.relative_to(out_dir), answered)
+
+
+def predict(adapter: ModelAdapter, benchmark: Benchmark, out_dir: Path, limit: int = 0, batch_size: int = 16,
+            desc: str = "") -> tuple[ModelAdapter, list[dict[str, Any]], Path, int]:
+    """(the adapter fitted to the benchmark, a prediction row per item, the predictions file, how many
+    items were answered now rather than taken from it)."""
     adapter = adapter.for_benchmark(iter(benchmark))   # a majority baseline fits on the golds here
     path = predictions_path(out_dir, adapter, benchmark)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +125,9 @@ def evaluate(adapter: ModelAdapter, benchmark: Benchmark, out_dir: str | Path, l
     pending: list[BenchmarkItem] = []
     answered = 0
 
-    with open(path, "a", encoding="utf-8") as cache:
+    # A bar per (model, benchmark) on stderr, counting items answered or taken from the cache.
+    bar = progress_bar(total=limit or None, desc=desc or f"{adapter.name} on {benchmark.spec.name}", unit="item")
+    with open(path, "a", encoding="utf-8") as cache, bar:
         def answer_pending() -> None:
             nonlocal answered
             for item, prediction in zip(pending, adapter.predict(pending, max_new_tokens)):
@@ -118,24 +136,26 @@ def evaluate(adapter: ModelAdapter, benchmark: Benchmark, out_dir: str | Path, l
                 rows.append(row)
             cache.flush()
             answered += len(pending)
+            bar.update(len(pending))
             pending.clear()
 
         for item in islice(benchmark, limit or None):
             if item.id in cached:
                 rows.append(prediction_row(adapter, benchmark, item, cached[item.id]))
+                bar.update(1)
                 continue
             pending.append(item)
             if len(pending) == batch_size:
                 answer_pending()
         if pending:
             answer_pending()
-    if not rows:  # a score over no items would read as a result
+    if not rows:
         first = f"; the first: {benchmark.skipped[0][1]}" if benchmark.skipped else ""
-        raise ValueError(f"{benchmark.spec.name} at {benchmark.path}: no readable item to evaluate "
-                         f"({benchmark.skipped_rows} rows skipped{first})")
+        raise NothingToEvaluate(f"{benchmark.spec.name} at {benchmark.path}: no readable item to evaluate "
+                                f"({benchmark.skipped_rows} rows skipped{first})")
     log.info("%s on %s: %d items, %d answered now, %d from %s", adapter.name, benchmark.spec.name, len(rows),
              answered, len(rows) - answered, path)
-    return summarise(adapter, benchmark, rows, limit, path.relative_to(out_dir), answered)
+    return adapter, rows, path, answered
 
 
 def summarise(adapter: ModelAdapter, benchmark: Benchmark, rows: list[dict[str, Any]], limit: int,

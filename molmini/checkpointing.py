@@ -21,8 +21,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
 from accelerate.utils import DistributedType
 
+from .config import Config, ConfigError, flat_dict
 from .stages import merge_lora
 
 STATE_FILE = "trainer_state.json"
@@ -97,6 +99,35 @@ def read_train_log(path: Path) -> list[dict[str, Any]]:
                 break
             raise ValueError(f"{path} line {i} is not a JSON record: {line[:80]!r}") from None
     return records
+
+
+# ---- resuming with the run's settings ---------------------------------------------------------------
+
+# Keys a resumed run may change: they decide where the run is, what is logged, evaluated or kept, or how
+# data is rendered, not what is trained. Any other change would leave the run's schedule, data order or
+# batches as they were while config.yaml claimed the new values.
+CHANGEABLE_ON_RESUME = ("train.run_name", "train.output_dir", "train.log_every", "train.checkpoint_every",
+                        "train.keep_checkpoints", "train.eval_every", "train.eval_batches", "train.trackers",
+                        "train.project", "train.max_nonfinite_steps", "data.synth.workers", "eval.")
+
+
+def check_resumed_config(cfg: Config, checkpoint: Path) -> None:
+    """Refuse to resume `checkpoint` with settings that change what its run trains, listing them; say which
+    harmless ones changed. The config is the one in the run folder the checkpoint belongs to."""
+    saved_path = Path(checkpoint).parent.parent / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved, now = flat_dict(yaml.safe_load(saved_path.read_text()) or {}), flat_dict(cfg.to_dict())
+    changed = [k for k in now if k in saved and saved[k] != now[k]
+               and not (cfg.train.init_from and k.startswith("model."))]  # then the model is init_from's
+    described = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in changed]
+    refused = [d for k, d in zip(changed, described) if not k.startswith(CHANGEABLE_ON_RESUME)]
+    if refused:
+        raise ConfigError(f"resuming {checkpoint} with settings its run did not train with: {'; '.join(refused)}. "
+                          f"A resumed run keeps its schedule, data order and batches, so resume with its own values "
+                          f"({saved_path}), or start a new run under another train.run_name")
+    if described:
+        log.warning("resuming with %s (recorded in config.yaml)", "; ".join(described))
 
 
 # ---- training state ---------------------------------------------------------------------------------------

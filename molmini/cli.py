@@ -1,8 +1,10 @@
 """The `molmini` command: one subcommand per function below, each registered in `build_parser`.
 
     molmini generate --model DIR_OR_HUB_ID --image IMG [IMG ...] --prompt TEXT   answers from a checkpoint
+                     (IMG: a file or an http(s) URL)
     molmini push CHECKPOINT_DIR OWNER/NAME [--private]                           publish to the hub
     molmini plot RUN_DIR [--out PNG]                                             the run's training curves
+    molmini serve --model DIR_OR_HUB_ID [--port 8000]                            an OpenAI-compatible server
 
 A bad input (a missing folder, a damaged checkpoint, a prompt that does not fit its images) is one
 `error: ...` line and exit status 2; `molmini --debug ...` or MOLMINI_DEBUG=1 shows the traceback.
@@ -68,17 +70,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from PIL import Image, UnidentifiedImageError
-
+    from .images import load_image
     from .records import IMAGE_MARKER
     from .model import MolminiModel
-    images = []
-    for path in args.image:
-        try:
-            images.append(Image.open(path).convert("RGB"))
-        except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
-            print(f"error: cannot read image {path!r} ({e}); pass a PNG or JPEG file", file=sys.stderr)
-            return 2
+    images = [load_image(source) for source in args.image]  # a bad one is an error naming it (exit 2)
     prompts = args.prompt
     if args.together:  # all images in one prompt, one <image> marker each
         if len(prompts) != 1:
@@ -129,6 +124,22 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a checkpoint with OpenAI's chat-completions protocol (molmini/serve.py) until interrupted."""
+    from .serve import missing_server_packages, serve
+    from .serve_requests import Limits
+    missing = missing_server_packages()
+    if missing:
+        print(f"error: molmini serve needs {' and '.join(missing)}: pip install \"molmini[serve]\"", file=sys.stderr)
+        return 2
+    limits = Limits(max_new_tokens=args.max_new_tokens_limit, max_image_pixels=args.max_image_pixels,
+                    max_image_bytes=args.max_image_bytes)
+    serve(args.model, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
+          batch_wait_ms=args.batch_wait_ms, limits=limits, device=args.device, dtype=args.dtype,
+          model_name=args.served_model_name)
+    return 0
+
+
 def at_least(low: float, kind: type = int):
     """An argparse type: a number of `kind` that is at least `low`."""
     def parse(text: str):
@@ -153,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="answer a prompt about an image with a checkpoint")
     gen.add_argument("--model", required=True, help="checkpoint folder (runs/NAME/checkpoint) or hub id owner/name")
-    gen.add_argument("--image", required=True, nargs="+", help="image file(s)")
+    gen.add_argument("--image", required=True, nargs="+", help="image file(s) or http(s) URL(s)")
     gen.add_argument("--prompt", required=True, nargs="+", help="one prompt, or one per image")
     gen.add_argument("--together", action="store_true",
                      help="put all images in one prompt (mark each with <image> in the prompt)")
@@ -174,6 +185,26 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("repo_id", help="owner/name on the hub (created if needed; log in with `hf auth login`)")
     push.add_argument("--private", action="store_true")
     push.set_defaults(func=cmd_push)
+
+    from .serve_requests import Limits  # light (no torch): the serve limits' defaults live there
+    srv = sub.add_parser("serve", help="serve a checkpoint as an OpenAI-compatible chat-completions API",
+                         description=cmd_serve.__doc__)
+    srv.add_argument("--model", required=True, help="checkpoint folder (runs/NAME/checkpoint) or hub id owner/name")
+    srv.add_argument("--served-model-name", help="the model name clients see (default: the --model argument)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    srv.add_argument("--port", type=at_least(1), default=8000)
+    srv.add_argument("--max-batch-size", type=at_least(1), default=8, help="requests answered by one generate call")
+    srv.add_argument("--batch-wait-ms", type=at_least(0.0, float), default=10.0,
+                     help="how long the first request of a batch waits for more")
+    srv.add_argument("--max-new-tokens-limit", type=at_least(1), default=Limits.max_new_tokens,
+                     help="the largest max_tokens a request may ask for")
+    srv.add_argument("--max-image-pixels", type=at_least(1), default=Limits.max_image_pixels,
+                     help="width x height of one image")
+    srv.add_argument("--max-image-bytes", type=at_least(1), default=Limits.max_image_bytes,
+                     help="encoded size of one image")
+    srv.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:1, ...")
+    srv.add_argument("--dtype", default=None, help="e.g. bfloat16 on a GPU (default: as saved, float32)")
+    srv.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("plot", help="draw a run's training curves to a PNG", description=cmd_plot.__doc__)
     p.add_argument("run_dir", type=Path, help="a run folder (holding train_log.jsonl)")

@@ -11,10 +11,40 @@ import yaml
 # What a checkpoint folder holds for from_pretrained (the model card, README.md, is added for publishing).
 CHECKPOINT_FILES = ["config.json", "model.safetensors", "processor_config.json", "tokenizer_config.json",
                     "tokenizer.json"]
+# The thin files transformers' Auto classes import with trust_remote_code=True (molmini/remote_code/, written by
+# save_pretrained); they name classes of the installed molmini package. A published checkpoint carries them.
+REMOTE_CODE_FILES = ["configuration_molmini.py", "modeling_molmini.py", "processing_molmini.py"]
+PUBLISHED_FILES = CHECKPOINT_FILES + REMOTE_CODE_FILES + ["README.md"]
+
+# How to load a checkpoint, in its model card: with molmini, and with transformers' Auto classes.
+USAGE = """```python
+from molmini import MolminiModel
+model = MolminiModel.from_pretrained("PATH_OR_HUB_ID")
+print(model.generate(images=[image], prompts=["What type of chart is this?"]))
+```
+
+With transformers' Auto classes (`pip install molmini`; `trust_remote_code=True` runs the checkpoint's thin
+files, which import the installed molmini, or `import molmini.hf_auto` first registers the classes):
+
+```python
+from transformers import AutoModelForImageTextToText, AutoProcessor
+model = AutoModelForImageTextToText.from_pretrained("PATH_OR_HUB_ID", trust_remote_code=True)
+processor = AutoProcessor.from_pretrained("PATH_OR_HUB_ID", trust_remote_code=True)
+turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What type of chart is this?"}]}]
+text = processor.apply_chat_template(turn, add_generation_prompt=True)
+inputs = processor(images=[image], text=[text], return_tensors="pt")
+out = model.generate(**inputs, max_new_tokens=32)
+print(processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```
+"""
 
 
-def resolve_checkpoint(name_or_path: str | Path, required: list[str]) -> Path:
-    """A local checkpoint folder, downloading `name_or_path` from the hub when it is not a folder here."""
+def resolve_checkpoint(name_or_path: str | Path, required: list[str], revision: str | None = None,
+                       cache_dir: str | Path | None = None, token: str | bool | None = None,
+                       subfolder: str = "") -> Path:
+    """A local checkpoint folder, downloading `name_or_path` from the hub when it is not a folder here
+    (`revision`, `cache_dir` and `token` go to the download; HF_HUB_CACHE is the default cache); `subfolder`
+    names the checkpoint's folder inside that one, as transformers' loaders take it."""
     path = Path(name_or_path)
     if not path.is_dir():
         if path.exists() or str(name_or_path).startswith((".", "/")) or str(name_or_path).count("/") != 1:
@@ -22,17 +52,35 @@ def resolve_checkpoint(name_or_path: str | Path, required: list[str]) -> Path:
                                     "(owner/name); pass the checkpoint folder a training run wrote")
         from huggingface_hub import snapshot_download
         try:
-            path = Path(snapshot_download(str(name_or_path), endpoint=os.environ.get("HF_ENDPOINT") or None,
-                                          cache_dir=os.environ.get("HF_HUB_CACHE") or None))
+            path = Path(snapshot_download(str(name_or_path), revision=revision, token=token,
+                                          endpoint=os.environ.get("HF_ENDPOINT") or None,
+                                          cache_dir=cache_dir or os.environ.get("HF_HUB_CACHE") or None))
         except (OSError, ValueError) as e:  # not found, offline, no such repository: the hub's errors
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise FileNotFoundError(f"checkpoint {str(name_or_path)!r}: there is no such folder here, and as a hub "
                                     f"id it could not be fetched ({reason}); pass the checkpoint folder a training "
                                     "run wrote (runs/NAME/checkpoint) or an existing hub id") from e
+    path = path / subfolder if subfolder else path
     for name in required:
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path / name} is missing: {path} is not a complete molmini checkpoint")
     return path
+
+
+def published_files(folder: Path) -> list[str]:
+    """What a folder must hold to publish: a molmini checkpoint's files, or, for a transformers VLM that
+    molmini fine-tuned (model.hf_vlm: its config names another model_type), its config, its weights (one
+    safetensors file or a sharded set's index) and the model card."""
+    import json
+    config = folder / "config.json"
+    try:
+        model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    except ValueError:
+        model_type = None
+    if model_type in (None, "molmini"):
+        return list(PUBLISHED_FILES)
+    weights = "model.safetensors.index.json" if (folder / "model.safetensors.index.json").is_file() else "model.safetensors"
+    return ["config.json", weights, "README.md"]
 
 
 def push_folder(folder: str | Path, repo_id: str, private: bool | None = None, token: str | None = None,
@@ -41,10 +89,12 @@ def push_folder(folder: str | Path, repo_id: str, private: bool | None = None, t
     repository `repo_id`, creating it if needed; returns the commit URL. HF_ENDPOINT picks another hub."""
     from huggingface_hub import HfApi
     folder = Path(folder)
-    missing = [n for n in CHECKPOINT_FILES + ["README.md"] if not (folder / n).is_file()]
+    missing = [n for n in published_files(folder) if not (folder / n).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder} lacks {missing}: push the checkpoint folder a training run wrote "
-                                "(runs/NAME/checkpoint) or one saved with model.save_pretrained")
+                                "(runs/NAME/checkpoint) or one saved with model.save_pretrained (a folder saved "
+                                "before molmini wrote the transformers files: MolminiModel.from_pretrained(folder)"
+                                ".save_pretrained(folder) adds them)")
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
@@ -59,7 +109,7 @@ def write_model_card(folder: Path, model: Any, eval_results: dict[str, Any] | No
     n_params = sum(p.numel() for p in model.parameters())
     base_models = [m for m in (cfg.vision.pretrained and cfg.vision.model_name, cfg.lm.name_or_path) if m]
     meta: dict[str, Any] = {"library_name": "molmini", "license": "apache-2.0",
-                            "tags": ["molmini", "vision-language", "image-text-to-text"],
+                            "tags": ["molmini", "vision-language", "image-text-to-text", "custom_code"],
                             "pipeline_tag": "image-text-to-text"}
     if base_models:
         meta["base_model"] = base_models
@@ -70,8 +120,7 @@ def write_model_card(folder: Path, model: Any, eval_results: dict[str, Any] | No
              f"connector `{cfg.connector.kind}`, language model "
              f"`{cfg.lm.name_or_path or cfg.lm.config.get('model_type', '?')}` "
              f"({'pretrained' if cfg.lm.name_or_path else 'random init'}).\n",
-             "```python\nfrom molmini import MolminiModel\nmodel = MolminiModel.from_pretrained(\"PATH_OR_HUB_ID\")\n"
-             "print(model.generate(images=[image], prompts=[\"What type of chart is this?\"]))\n```\n"]
+             USAGE]
     if eval_results:
         meta["model-index"] = [{"name": folder.name, "results": [{
             "task": {"type": "visual-question-answering"},

@@ -13,7 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from .processor import IGNORE_INDEX
+
+__all__ = ["CHUNK_TOKENS", "IGNORE_INDEX", "answer_loss_sum", "count_loss_tokens", "head_outputs", "loss_targets"]
+
 CHUNK_TOKENS = 1024
 
 
@@ -57,3 +60,18 @@ def answer_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.L
         else:
             total = total + _chunk_loss(*part)
     return total
+
+
+def head_outputs(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor | None,
+                 return_logits: bool) -> dict[str, torch.Tensor]:
+    """What a model's forward returns from its final hidden states: the logits when asked for (or when there
+    are no labels), and with labels the loss summed over the answer tokens (`loss_sum`), their count and
+    their mean. The trainer divides the sum by the loss tokens of the global batch."""
+    out: dict[str, torch.Tensor] = {}
+    if return_logits or labels is None:
+        out["logits"] = head(hidden)
+    if labels is not None:
+        loss_sum = answer_loss_sum(hidden, labels, head)
+        n = count_loss_tokens(labels)
+        out.update(loss_sum=loss_sum, num_loss_tokens=n, loss=loss_sum / n.clamp(min=1))
+    return out

@@ -10,7 +10,7 @@ import torch
 from accelerate import Accelerator
 
 from .cost import peak_flops, training_flops
-from .records import add_counts
+from .shard_reader import add_counts
 
 
 @dataclass
@@ -43,19 +43,24 @@ class IntervalMeter:
         self._reset(time.perf_counter())
 
     def _reset(self, now: float) -> None:
-        self.samples = self.tokens = self.data_wait = 0.0
+        self.samples = self.tokens = self.slots = self.data_wait = 0.0
         self.since = now
 
-    def add(self, batch: dict[str, torch.Tensor]) -> None:
-        self.samples += batch["input_ids"].shape[0] * self.accelerator.num_processes
+    def add(self, batch: dict[str, torch.Tensor], samples: int | None = None) -> None:
+        """A micro-batch of `samples` records (its rows, unless packing put several records in a row)."""
+        rows = batch["input_ids"].shape[0]
+        self.samples += (rows if samples is None else samples) * self.accelerator.num_processes
         self.tokens += float(batch["attention_mask"].sum())
+        self.slots += float(batch["attention_mask"].numel())
 
     def take(self) -> dict[str, float]:
         acc, now = self.accelerator, time.perf_counter()
         seconds = now - self.since
         tokens = acc.reduce(torch.tensor(self.tokens, device=acc.device), "sum").item()
         out = {"samples_per_s": round(self.samples / seconds, 2), "tokens_per_s": round(tokens / seconds, 1),
-               "data_wait_s": round(self.data_wait, 3)}
+               "data_wait_s": round(self.data_wait, 3),
+               # this process's token slots that were padding (packing lowers it)
+               "padding_fraction": round(1.0 - self.tokens / self.slots, 4) if self.slots else None}
         if self.peak:
             out["mfu"] = round(training_flops(self.num_params, tokens) / seconds / (self.peak * acc.num_processes), 4)
         if acc.device.type == "cuda":

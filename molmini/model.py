@@ -21,9 +21,10 @@ from torch import nn
 from . import tokenizer as T
 from .config import ModelConfig, from_dict
 from .connector import build_connector
+from .images import ImageInput
 from .hub import CHECKPOINT_FILES, push_folder, resolve_checkpoint, write_model_card
 from .language_model import build_language_model
-from .loss import answer_loss_sum, count_loss_tokens
+from .loss import head_outputs
 from .processor import MolminiProcessor, ProcessorConfig
 from .vision import VisionTower
 
@@ -64,22 +65,32 @@ class MolminiModel(nn.Module):
     def image_features(self, pixel_values: torch.Tensor, pad_fraction: torch.Tensor, pool_index: torch.Tensor
                        ) -> torch.Tensor:
         """uint8 crops [N, 3, S, S] -> [T, LM width], one row per image placeholder of the batch: the tower's
-        patch features (pad-marked), gathered into the processor's pooling windows, through the connector."""
+        patch features (pad-marked), gathered into the processor's pooling windows, through the connector.
+        A batch of text-only samples (N = 0) gives [0, LM width]: the tower and connector then run on one
+        blank crop and window that are dropped at the end, so every parameter stays in the graph (with a zero
+        gradient: DDP expects one for each) and the step is the same code with or without images."""
+        no_image = pixel_values.shape[0] == 0
+        if no_image:
+            pixel_values = pixel_values.new_zeros((1, *pixel_values.shape[1:]))
+            pad_fraction = pad_fraction.new_zeros((1, *pad_fraction.shape[1:]))
+            pool_index = pool_index.new_zeros((1, *pool_index.shape[1:]))
         x = (pixel_values.float() / 255.0 - self.image_mean.float()) / self.image_std.float()
         feats = self.vision(x.to(self.pad_embed.dtype))
         pad = pad_fraction.to(feats.dtype).unsqueeze(-1)
         feats = feats + self.pad_embed[0] * (pad >= 1) + self.pad_embed[1] * ((pad > 0) & (pad < 1))
         windows = feats.flatten(0, 1)[pool_index.clamp(min=0)]
-        return self.connector(windows, pool_index >= 0)
+        features = self.connector(windows, pool_index >= 0)
+        return features[:0] if no_image else features
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, pad_fraction: torch.Tensor,
               pool_index: torch.Tensor) -> torch.Tensor:
         embeds = self.lm.get_input_embeddings()(input_ids)
         placeholders = input_ids == self.token_ids[T.IMAGE_PATCH]
         feats = self.image_features(pixel_values, pad_fraction, pool_index).to(embeds.dtype)
-        # Data-dependent, so eager only: a compiled step would break its graph here. Batches from the
-        # processor's collate are checked there, outside the graph; this catches hand-built inputs.
-        if not torch.compiler.is_compiling() and placeholders.sum() != feats.shape[0]:
+        # Data-dependent, so eager inference only: a compiled step would break its graph here, and on a GPU
+        # the comparison makes the host wait for the device every step. Training batches come from the
+        # processor's collate, which checks them on the host; this catches hand-built inputs to generate.
+        if not self.training and not torch.compiler.is_compiling() and placeholders.sum() != feats.shape[0]:
             raise ValueError(f"the batch has {int(placeholders.sum())} image placeholder tokens but its images "
                              f"give {feats.shape[0]} features; build inputs with this model's processor")
         return embeds.masked_scatter(placeholders.unsqueeze(-1), feats)
@@ -96,16 +107,7 @@ class MolminiModel(nn.Module):
             attention_mask = annotation_mask(segment_ids, attention_mask, embeds.dtype)
         hidden = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask,
                                        position_ids=position_ids).last_hidden_state
-        head = self.lm.get_output_embeddings()
-        out = {}
-        if return_logits or labels is None:
-            out["logits"] = head(hidden)
-        if labels is not None:
-            # Sum over loss tokens; the trainer divides by the number of loss tokens in the global batch.
-            loss_sum = answer_loss_sum(hidden, labels, head)
-            n = count_loss_tokens(labels)
-            out.update(loss_sum=loss_sum, num_loss_tokens=n, loss=loss_sum / n.clamp(min=1))
-        return out
+        return head_outputs(hidden, self.lm.get_output_embeddings(), labels, return_logits)
 
     # ---- generation ---------------------------------------------------------------------------------
     @property
@@ -129,10 +131,13 @@ class MolminiModel(nn.Module):
         return {k: batch[k].to(self.device) for k in keys}
 
     @torch.no_grad()
-    def generate(self, images: Sequence[Image.Image | Sequence[Image.Image]], prompts: Sequence[str],
+    def generate(self, images: Sequence[ImageInput | Sequence[ImageInput] | None], prompts: Sequence[str],
                  max_new_tokens: int = 16, batch_size: int = 32, **generate_kwargs: Any) -> list[str]:
-        """Answer each prompt about its image (or its list of images, one `<image>` marker each), in batches;
-        greedy unless sampling or beam arguments are given."""
+        """Answer each prompt about its image (or its list of images, one `<image>` marker each, or None for a
+        text-only prompt), in batches; greedy unless sampling or beam arguments are given. An image is a PIL
+        image, a file path or an http(s) URL."""
+        if isinstance(images, (Image.Image, str, Path)):
+            images = [images]  # one image for one prompt
         was_training = self.training
         self.eval()
         answers: list[str] = []
@@ -143,22 +148,34 @@ class MolminiModel(nn.Module):
         self.train(was_training)
         return answers
 
-    def stream(self, image: Image.Image | Sequence[Image.Image], prompt: str, max_new_tokens: int = 64,
+    def stream(self, image: ImageInput | Sequence[ImageInput] | None, prompt: str, max_new_tokens: int = 64,
                history: Sequence[dict[str, str]] = (), **generate_kwargs: Any) -> Iterator[str]:
-        """Yield the answer's text piece by piece as it is generated (transformers' TextIteratorStreamer)."""
+        """Yield the answer's text piece by piece as it is generated (transformers' TextIteratorStreamer).
+        `image`: a PIL image, a path or an http(s) URL, a list of them, or None."""
         from threading import Thread
 
         from transformers import TextIteratorStreamer
         batch = self.processor.collate([self.processor.process_prompt(image, prompt, history)], padding_side="left")
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=False, skip_special_tokens=True)
         self.eval()
-        thread = Thread(target=self.generate_ids, kwargs={**self._on_device(batch), "max_new_tokens": max_new_tokens,
-                                                          "streamer": streamer, **generate_kwargs})
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.generate_ids(**self._on_device(batch), max_new_tokens=max_new_tokens, streamer=streamer,
+                                  **generate_kwargs)
+            except BaseException as e:  # end the stream, or the reader below would wait for ever
+                failed.append(e)
+                streamer.end()
+
+        thread = Thread(target=run, daemon=True)
         thread.start()
         yield from streamer
         thread.join()
+        if failed:
+            raise failed[0]
 
-    def chat(self, image: Image.Image | Sequence[Image.Image], question: str,
+    def chat(self, image: ImageInput | Sequence[ImageInput] | None, question: str,
              history: Sequence[dict[str, str]] = (), max_new_tokens: int = 64, **generate_kwargs: Any) -> str:
         """One answer to `question` about `image`, after the earlier `history` turns (user/assistant dicts)."""
         return "".join(self.stream(image, question, max_new_tokens, history, **generate_kwargs)).strip()
@@ -167,14 +184,18 @@ class MolminiModel(nn.Module):
     def save_pretrained(self, folder: str | Path, eval_results: dict[str, Any] | None = None,
                         training: dict[str, Any] | None = None) -> Path:
         """A folder that loads with `from_pretrained` and publishes as is: config, safetensors weights,
-        tokenizer, processor config and a model card."""
+        tokenizer, processor config and a model card; and, for transformers' Auto classes (molmini/hf_auto.py),
+        model_type and auto_map in the configs and the thin remote-code files they name."""
+        from .hf_files import transformers_config_fields, write_remote_code
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         # The sequence budget (max_length) is the processor's, in processor_config.json only.
-        config = {"model": dataclasses.asdict(self.config), "lm_config": self.lm.config.to_dict()}
+        config = {**transformers_config_fields(self), "model": dataclasses.asdict(self.config),
+                  "lm_config": self.lm.config.to_dict()}
         (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str))
         save_model(self, str(folder / WEIGHTS_FILE))
         self.processor.save_pretrained(folder)
+        write_remote_code(folder)
         write_model_card(folder, self, eval_results=eval_results, training=training)
         return folder
 

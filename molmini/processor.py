@@ -11,9 +11,13 @@ in the model. Turns are laid out with the LM's chat template (molmini/chat_forma
 everywhere except the answer tokens and the template's end of the assistant turn, so the loss is taken on
 assistant text only and the model learns to stop.
 
+Several images go one after the other, each at its own marker (or all at the start, without markers);
+a record or prompt with no image is plain text, and its sample holds zero crops.
+
 Multi-annotation: all question/answer pairs of a record go into one sequence, as turns of one conversation
 (`turns`) or, with Molmo's masking (`masked`), each pair attending only to the image prefix and to itself,
-its positions starting right after the image as they would in a one-question prompt.
+its positions starting right after the image as they would in a one-question prompt. A text-only record
+is always laid out as turns (there is no image prefix to share).
 """
 from __future__ import annotations
 
@@ -28,9 +32,10 @@ from PIL import Image
 from . import tokenizer as T
 from .chat_format import ChatFormat
 from .crops import pool_windows, pooled_shape, tile_image
+from .images import ImageInput, load_image
 from .records import IMAGE_MARKER, Record, RecordError
-from .loss import IGNORE_INDEX
 
+IGNORE_INDEX = -100  # the label of every token that carries no loss (the value torch's cross-entropy skips)
 PROCESSOR_CONFIG = "processor_config.json"
 MULTI_ANNOTATION = ("turns", "masked")
 
@@ -76,7 +81,7 @@ class MolminiProcessor:
         self.fill = tuple(round(255 * m) for m in config.image_mean)  # padding normalises to ~0
 
     # ---- images -------------------------------------------------------------------------------------
-    def process_image(self, image: Image.Image) -> dict[str, Any]:
+    def process_image(self, image: Image.Image | torch.Tensor) -> dict[str, Any]:
         """Crops (uint8), padding per patch, pooling windows (indices into this image's patch features)
         and the layout token ids of one image."""
         c = self.config
@@ -89,6 +94,18 @@ class MolminiProcessor:
         windows = torch.cat([pool_windows(v, c.pool) for v in tiled.views])
         return {"pixel_values": tiled.crops, "pad_fraction": tiled.pad_fraction, "pool_index": windows,
                 "image_tokens": tokens}
+
+    def no_images(self) -> dict[str, torch.Tensor]:
+        """The image tensors of a sample without images: zero crops, shaped as real ones are."""
+        c = self.config
+        patches = (c.image_size // c.patch_size) ** 2
+        return {"pixel_values": torch.zeros((0, 3, c.image_size, c.image_size), dtype=torch.uint8),
+                "pad_fraction": torch.zeros((0, patches)),
+                "pool_index": torch.zeros((0, c.pool * c.pool), dtype=torch.long)}
+
+    def stack_images(self, processed: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """The image tensors of several images (or samples) joined; zero crops when there are none."""
+        return _stack_images(processed) if processed else self.no_images()
 
     # ---- text ---------------------------------------------------------------------------------------
     def _text(self, text: str) -> list[int]:
@@ -104,8 +121,8 @@ class MolminiProcessor:
         if not images:
             return self._text(content.replace(IMAGE_MARKER, "").strip())
         parts = content.split(IMAGE_MARKER)
-        if len(parts) == 1:
-            parts = ["", content]
+        if len(parts) == 1:  # no markers: every image at the start
+            parts = [""] * len(images) + [content]
         if len(parts) - 1 != len(images):
             raise RecordError(f"the conversation has {len(parts) - 1} {IMAGE_MARKER} markers but {len(images)} "
                               "images; put one marker per image in the first user turn")
@@ -124,7 +141,7 @@ class MolminiProcessor:
         if masked and images:
             # the shared prefix: the role header and the image(s), before the first question
             content = messages[0]["content"]
-            head = content.rpartition(IMAGE_MARKER)[0] + IMAGE_MARKER if IMAGE_MARKER in content else IMAGE_MARKER
+            head = content.rpartition(IMAGE_MARKER)[0] + IMAGE_MARKER if IMAGE_MARKER in content else ""
             prefix = first_user + self._user_content(head, list(images))
             input_ids += prefix
             labels += [IGNORE_INDEX] * len(prefix)
@@ -173,18 +190,22 @@ class MolminiProcessor:
 
     # ---- records and batches ------------------------------------------------------------------------
     def process_record(self, record: Record, messages: Sequence[dict[str, str]] | None = None) -> dict[str, Any]:
-        image = self.process_image(record.load_image())
-        sample = self.encode_conversation(messages if messages is not None else record.messages, [image])
-        sample.update(pixel_values=image["pixel_values"], pad_fraction=image["pad_fraction"],
-                      pool_index=image["pool_index"], key=record.key)
+        """Model inputs for a record with one image, several, or none (text-only: zero crops)."""
+        images = [self.process_image(image) for image in record.load_images()]
+        sample = self.encode_conversation(messages if messages is not None else record.messages, images)
+        sample.update(self.stack_images(images), key=record.key)
         return sample
 
-    def process_prompt(self, images: Image.Image | Sequence[Image.Image], prompt: str,
+    def process_prompt(self, images: ImageInput | Sequence[ImageInput] | None, prompt: str,
                        history: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
-        """One prompt about one image (or several, one `<image>` marker each) for generation."""
-        images = [images] if isinstance(images, Image.Image) else list(images)
-        processed = [self.process_image(im) for im in images]
-        return {"input_ids": self.encode_prompt(prompt, processed, history), **_stack_images(processed)}
+        """One prompt for generation about one image, several (one `<image>` marker each, or all at the
+        start) or none (None or []). An image is a PIL image, a file path or an http(s) URL."""
+        if images is None:
+            images = []
+        elif isinstance(images, (Image.Image, str, Path)):
+            images = [images]
+        processed = [self.process_image(load_image(image)) for image in images]
+        return {"input_ids": self.encode_prompt(prompt, processed, history), **self.stack_images(processed)}
 
     def collate(self, samples: Sequence[dict[str, Any]], padding_side: str = "right") -> dict[str, Any]:
         """Pad to the longest sequence (right for training, left for generation) and join the images of all
@@ -207,7 +228,7 @@ class MolminiProcessor:
             if masked:
                 segments[row, span] = torch.tensor(s.get("segment_ids", [1] * n))
                 positions[row, span] = torch.tensor(s.get("position_ids", range(n)))
-        batch = {"input_ids": ids, "attention_mask": mask, **_stack_images(samples)}
+        batch = {"input_ids": ids, "attention_mask": mask, **self.stack_images(samples)}
         # One image feature per placeholder (the connector gives one per pooling window). Checked here, on the
         # host, so the model's compiled forward need not check it inside its graph.
         placeholders = int((ids == self.ids[T.IMAGE_PATCH]).sum())
@@ -222,11 +243,11 @@ class MolminiProcessor:
         batch["keys"] = [s.get("key", "") for s in samples]
         return batch
 
-    def prompt_batch(self, images: Sequence[Image.Image | Sequence[Image.Image]], prompts: Sequence[str]
+    def prompt_batch(self, images: Sequence[ImageInput | Sequence[ImageInput] | None], prompts: Sequence[str]
                      ) -> dict[str, Any]:
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; pass one image (or one list "
-                             "of images) per prompt")
+                             "of images, or None) per prompt")
         return self.collate([self.process_prompt(im, p) for im, p in zip(images, prompts)], padding_side="left")
 
     # ---- saving -------------------------------------------------------------------------------------

@@ -1,30 +1,28 @@
-"""The record schema and the one validated record reader every consumer of shards goes through.
+"""The record schema: what one record is, how it is checked, and how its images decode.
 
-One record is one image and a conversation about it. In a shard it is two members that share a key:
-``KEY.png`` (or ``KEY.jpg``) holding the encoded image, and ``KEY.json`` holding
+One record is a conversation about one image (most records), several images, or none (a text-only
+conversation, such as the ones LLaVA's instruction mix holds). In a shard its members share a key:
+``KEY.png`` (or ``KEY.jpg``, ...) holding the encoded image, and ``KEY.json`` holding
 ``{"messages": [...], "source": str, "task": str, "meta": {...}}``. ``messages`` alternate
-``{"role": "user", ...}`` and ``{"role": "assistant", ...}``; the image belongs to the first user turn
-(an ``<image>`` marker there says where, otherwise it is implied at the start).
+``{"role": "user", ...}`` and ``{"role": "assistant", ...}``; the images belong to the first user turn
+(an ``<image>`` marker per image there says where, otherwise they are implied at the start).
 
-`ShardReader` / `read_records` turn tar members into checked Records; whatever cannot become one is a
-`Skip`, counted once by reason in a `BadRecords`. Input that can give no record at all raises
-`UnusableDataError`, whose one-line message names the shards and the fix. No torch here: the data
-commands (synth, convert, curate, inspect) write and read records without loading it. The streams that
-training reads records with are in stream.py.
+A record with other than one image says so in its json, ``"num_images": N``, so that a lost image member
+is still an error and not a text-only record; its second, third, ... images are the members
+``KEY.1.png``, ``KEY.2.jpg``, ... (webdataset reads "1.png" as the extension). A one-image record is
+written exactly as before.
+
+Shards are read into Records by molmini/shard_reader.py, and streamed for training by stream.py. No
+torch here: the data commands (synth, convert, curate, inspect) write and read records without loading it.
 """
 from __future__ import annotations
 
 import io
 import json
 import logging
-import os
 import re
-import tarfile
-import zlib
-from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from PIL import Image
 
@@ -33,6 +31,7 @@ log = logging.getLogger(__name__)
 IMAGE_MARKER = "<image>"
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 ROLES = ("user", "assistant")
+_EXTRA_IMAGE_MEMBER = re.compile(r"^([1-9][0-9]*)\.(" + "|".join(IMAGE_EXTENSIONS) + ")$")  # "1.png": image 2
 
 
 class RecordError(ValueError):
@@ -52,27 +51,46 @@ class UnusableDataError(ValueError):
 @dataclass
 class Record:
     key: str
-    image: bytes
+    image: bytes | None                # the (first) image; None for a text-only conversation
     messages: list[dict[str, str]]
     source: str = ""
     task: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     image_ext: str = "png"
+    extra_images: list[tuple[bytes, str]] = field(default_factory=list)  # images 2, 3, ...: (bytes, extension)
 
     def __post_init__(self) -> None:
         validate_messages(self.messages, where=self.key)
-        if self.image_ext not in IMAGE_EXTENSIONS:
-            raise RecordError(f"record {self.key!r}: image extension {self.image_ext!r} is not one of "
-                              f"{IMAGE_EXTENSIONS}")
+        for ext in [self.image_ext] + [ext for _, ext in self.extra_images]:
+            if ext not in IMAGE_EXTENSIONS:
+                raise RecordError(f"record {self.key!r}: image extension {ext!r} is not one of {IMAGE_EXTENSIONS}")
+        if self.image is None and self.extra_images:
+            raise RecordError(f"record {self.key!r} has extra images but no first image; put the first in `image`")
         if "." in self.key:
             raise RecordError(f"record key {self.key!r} contains '.', which webdataset reads as the start "
                               "of an extension; use '_' or '-' instead")
 
+    @property
+    def images(self) -> list[tuple[bytes, str]]:
+        """(bytes, extension) of every image, in order; empty for a text-only record."""
+        return ([(self.image, self.image_ext)] if self.image is not None else []) + list(self.extra_images)
+
+    @property
+    def num_images(self) -> int:
+        return (self.image is not None) + len(self.extra_images)
+
     def to_sample(self) -> dict[str, Any]:
         """The webdataset sample (member extension -> bytes) for this record."""
         body = {"messages": self.messages, "source": self.source, "task": self.task, "meta": self.meta}
-        return {"__key__": self.key, self.image_ext: self.image,
-                "json": json.dumps(body, ensure_ascii=False).encode("utf-8")}
+        if self.num_images != 1:
+            body["num_images"] = self.num_images
+        sample: dict[str, Any] = {"__key__": self.key}
+        if self.image is not None:
+            sample[self.image_ext] = self.image
+        for n, (data, ext) in enumerate(self.extra_images, start=1):
+            sample[f"{n}.{ext}"] = data
+        sample["json"] = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        return sample
 
     @classmethod
     def from_sample(cls, sample: dict[str, Any]) -> "Record":
@@ -80,10 +98,11 @@ class Record:
         meets a `null` body, a list for `meta` or a number for a message."""
         key = sample.get("__key__", "?")
         exts = [e for e in IMAGE_EXTENSIONS if e in sample]
-        if not exts:
-            raise RecordError(f"sample {key!r} has no image member (expected one of {IMAGE_EXTENSIONS}); "
-                              f"members: {sorted(k for k in sample if not k.startswith('__'))}", "missing_member")
+        members = sorted(k for k in sample if not k.startswith("__"))
         if "json" not in sample:
+            if not exts:
+                raise RecordError(f"sample {key!r} has no image member (expected one of {IMAGE_EXTENSIONS}); "
+                                  f"members: {members}", "missing_member")
             raise RecordError(f"sample {key!r} has no .json member", "missing_member")
         raw = sample["json"]
         try:
@@ -106,26 +125,55 @@ class Record:
         types = meta.get("qa_types", [])
         if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
             raise RecordError(f"sample {key!r}: meta.qa_types is not a list of strings", "invalid_schema")
-        image = sample[exts[0]]
-        if not isinstance(image, (bytes, bytearray)):
-            raise RecordError(f"sample {key!r}: its image member is not bytes", "invalid_schema")
-        return cls(key=key, image=bytes(image), messages=body["messages"], source=body.get("source", ""),
-                   task=body.get("task", ""), meta=body.get("meta", {}), image_ext=exts[0])
+        image, extra = _sample_images(sample, key, exts, members, body.get("num_images", 1))
+        return cls(key=key, image=image, messages=body["messages"], source=body.get("source", ""),
+                   task=body.get("task", ""), meta=body.get("meta", {}), image_ext=exts[0] if exts else "png",
+                   extra_images=extra)
+
+    def load_images(self) -> list[Image.Image]:
+        """Every image decoded to RGB (none for a text-only record); a corrupt one raises RecordError."""
+        return [_decode(data, f"record {self.key!r}" + (f" image {n + 1}" if n else "")) for n, (data, _)
+                in enumerate(self.images)]
 
     def load_image(self) -> Image.Image:
-        """Decode the image to RGB; a corrupt image raises RecordError naming the record."""
-        try:
-            img = Image.open(io.BytesIO(self.image))
-            img.load()
-            return img.convert("RGB")  # inside: some modes (e.g. 16-bit, CMYK variants) fail only here
-        except Exception as e:  # PIL raises several unrelated types for bad bytes
-            raise RecordError(f"record {self.key!r}: image cannot be decoded ({type(e).__name__}: {e})",
-                              "undecodable_image") from e
+        """Decode the (first) image to RGB; a corrupt image, or none, raises RecordError naming the record."""
+        if self.image is None:
+            raise RecordError(f"record {self.key!r} is text-only: it has no image", "no_image")
+        return _decode(self.image, f"record {self.key!r}")
 
     def qa_pairs(self) -> list[tuple[str, str]]:
         """(question, answer) for each user/assistant exchange, the image marker removed."""
         m = self.messages
         return [(strip_image_marker(m[i]["content"]), m[i + 1]["content"]) for i in range(0, len(m) - 1, 2)]
+
+
+def _decode(data: bytes, what: str) -> Image.Image:
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        # inside: some modes (e.g. 16-bit, CMYK variants) fail only here; an RGB image is not copied
+        return img if img.mode == "RGB" else img.convert("RGB")
+    except Exception as e:  # PIL raises several unrelated types for bad bytes
+        raise RecordError(f"{what}: image cannot be decoded ({type(e).__name__}: {e})", "undecodable_image") from e
+
+
+def _sample_images(sample: dict[str, Any], key: str, exts: list[str], members: list[str], count: Any
+                   ) -> tuple[bytes | None, list[tuple[bytes, str]]]:
+    """The first image and the (bytes, extension) of the others, checked against the json's num_images."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise RecordError(f"sample {key!r}: num_images is {count!r}, not a count", "invalid_schema")
+    if count and not exts:
+        raise RecordError(f"sample {key!r} has no image member (expected one of {IMAGE_EXTENSIONS}); "
+                          f"members: {members}", "missing_member")
+    extra = sorted((int(m.group(1)), m.group(2)) for m in map(_EXTRA_IMAGE_MEMBER.match, members) if m)
+    if bool(exts) + len(extra) != count or [n for n, _ in extra] != list(range(1, count)):
+        raise RecordError(f"sample {key!r}: its json says {count} image(s) but its members are {members}; "
+                          "regenerate the shard", "missing_member")
+    first = sample[exts[0]] if exts else None
+    others = [(sample[f"{n}.{ext}"], ext) for n, ext in extra]
+    if not all(isinstance(data, (bytes, bytearray)) for data in [first or b"", *(data for data, _ in others)]):
+        raise RecordError(f"sample {key!r}: its image member is not bytes", "invalid_schema")
+    return (None if first is None else bytes(first)), [(bytes(data), ext) for data, ext in others]
 
 
 def strip_image_marker(text: str) -> str:
@@ -158,212 +206,3 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 # ---- streaming ------------------------------------------------------------------------------------------
-
-def find_shards(folder: str | os.PathLike) -> list[str]:
-    """The sorted `*.tar` shards of a folder, or an error naming the folder and how to fill it."""
-    folder = Path(folder)
-    shards = sorted(str(p) for p in folder.glob("*.tar")) if folder.is_dir() else []
-    if not shards:
-        state = "has no .tar shards" if folder.is_dir() else "does not exist"
-        raise FileNotFoundError(f"data folder {str(folder)!r} {state}. Create shards with "
-                                f"`python -m data_pipelines synth charts --out {folder}` or point the config's "
-                                "data.train_dir / data.test_dir at a folder of webdataset .tar shards")
-    return shards
-
-
-def manifest_counts(shards: list[str]) -> dict[str, int]:
-    """Samples per shard as the manifest.json beside the shards lists them (none where there is none)."""
-    counts: dict[str, int] = {}
-    for folder in {Path(s).parent for s in shards}:
-        try:
-            manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-            for entry in manifest.get("shards", []):
-                counts[str(folder / entry["name"])] = int(entry["num_samples"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue  # no manifest (or not one we can read): nothing to check against
-    return {s: counts[s] for s in shards if s in counts}
-
-
-# ---- the record reader: every consumer of shards reads them through here ---------------------------------
-
-MAX_CONSECUTIVE_SKIPS = 1000  # bad records in a row before a stream gives up (a fault, not bad luck)
-_TAR_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
-
-
-@dataclass
-class Skip:
-    """Something read from a shard that gives no record, counted under `reason`. `where` identifies it the
-    same way on every read (``SHARD#N`` for the N-th member group of a shard, or a record key), so a second
-    pass over the same shards does not count it again; `count` is how many records it stands for (a shard
-    cut short stands for every sample its manifest lists beyond those read)."""
-    where: str
-    reason: str
-    message: str
-    count: int = 1
-
-
-class BadRecords:
-    """The bad records met while reading a shard set: each counted once, under its reason, however often it
-    is read; `on_skip(skip)` hears of each the first time (default: its message is logged as a warning)."""
-
-    def __init__(self, on_skip: Callable[[Skip], None] | None = None) -> None:
-        self.on_skip = on_skip or (lambda skip: log.warning("skipped: %s", skip.message))
-        self._seen: set[str] = set()
-        self._counts: Counter[str] = Counter()
-
-    def add(self, skip: Skip) -> bool:
-        """Count `skip` unless it was counted before; True if it is new."""
-        if skip.where in self._seen:
-            return False
-        self._seen.add(skip.where)
-        self._counts[skip.reason] += skip.count
-        self.on_skip(skip)
-        return True
-
-    @property
-    def by_reason(self) -> dict[str, int]:
-        return dict(sorted(self._counts.items()))
-
-    @property
-    def total(self) -> int:
-        return sum(self._counts.values())
-
-    def describe(self) -> str:
-        """``"3 invalid_json, 1 truncated_member"`` (or ``"none"``)."""
-        return ", ".join(f"{n} {reason}" for reason, n in self.by_reason.items()) or "none"
-
-
-def add_counts(*counts: dict[str, int]) -> dict[str, int]:
-    """Counts by reason added up, sorted by reason."""
-    return dict(sorted(sum((Counter(c) for c in counts), Counter()).items()))
-
-
-_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
-
-
-def base_plus_ext(member_name: str) -> tuple[str | None, str | None]:
-    """Split a tar member name into (key, extension) exactly as webdataset's `base_plus_ext` does: the key
-    ends at the first '.' of the file name (tested against webdataset's own)."""
-    match = _KEY_EXT.match(member_name)
-    return (match.group(1), match.group(2)) if match else (None, None)
-
-
-def _open_shard(url: str):
-    """A local shard is opened directly; any other URL (http, pipe:, s3 via pipe:) through webdataset's
-    `gopen`, which is imported only then (webdataset imports torch)."""
-    if "://" in url or url.startswith("pipe:"):
-        import webdataset as wds
-        return wds.gopen(url, "rb")
-    return open(url.removeprefix("file:"), "rb")
-
-
-def _member_groups(url: str) -> Iterator[tuple[str, dict[str, bytes], int] | RecordError]:
-    """(key, {extension: bytes}, repeats) for each run of adjacent tar members sharing a key (split as
-    webdataset splits names: the key ends at the first '.' of the file name); `repeats` > 1 when a member
-    name occurs that many times in the run (records written twice in a row under one key). A shard that
-    cannot be opened, or is cut inside a member, ends with a RecordError."""
-    name = Path(url).name
-    try:
-        stream = _open_shard(url)
-        tar = tarfile.open(fileobj=stream, mode="r|*")
-    except _TAR_ERRORS as e:
-        yield RecordError(f"{name} is not a readable tar ({type(e).__name__}: {e}); regenerate it or move it out "
-                          "of the shard folder", "unreadable_shard")
-        return
-    key, group, seen = None, {}, Counter()
-    with stream, tar:
-        try:
-            for member in tar:
-                base, ext = base_plus_ext(member.name)
-                if not member.isfile() or base is None:
-                    continue
-                data = tar.extractfile(member).read()
-                if base != key:
-                    if key is not None:
-                        yield key, group, max(seen.values())
-                    key, group, seen = base, {}, Counter()
-                ext = ext.lower()
-                seen[ext] += 1
-                group[ext] = data
-        except _TAR_ERRORS as e:
-            # A group whose members were all read before the cut is whole: keep it; the cut one is lost.
-            if key is not None and "json" in group and any(x in group for x in IMAGE_EXTENSIONS):
-                yield key, group, max(seen.values())
-            yield RecordError(f"{name}: cut short inside a member after {key!r} ({type(e).__name__}: {e}); "
-                              "regenerate the shard", "truncated_member")
-            return
-    if key is not None:
-        yield key, group, max(seen.values())
-
-
-class ShardReader:
-    """The one validated record reader. Each member group of a shard becomes a `Record` (its json checked
-    for type and shape by `Record.from_sample`) or a `Skip` saying why not: an unreadable or cut tar, a
-    missing member, bad json, a key already read from this reader's shards (keys must be unique in a shard
-    set: the first keeps it), and, after the shard, the samples its manifest lists that were never read."""
-
-    def __init__(self, shards: list[str]):
-        self.expected = manifest_counts(shards)
-        self._first: dict[str, str] = {}  # record key -> where it was first read
-
-    def entries(self, url: str) -> Iterator[Record | Skip]:
-        name = Path(url).name
-        groups = failed = 0
-        for n, item in enumerate(_member_groups(url)):
-            where = f"{url}#{n}"
-            if isinstance(item, RecordError):
-                failed += 1
-                yield Skip(where, item.reason, str(item))
-                continue
-            key, members, repeats = item
-            groups += repeats
-            if repeats > 1:
-                yield Skip(where, "duplicate_member", f"{name}: member group {key!r} holds {repeats} copies of a "
-                           "member (records written in a row under one key); regenerate the shard with unique "
-                           "keys", count=repeats)
-                continue
-            try:
-                record = Record.from_sample({"__key__": key, **members})
-            except RecordError as e:
-                yield Skip(where, e.reason, f"{name}: {e}")
-                continue
-            first = self._first.setdefault(key, where)
-            if first != where:
-                yield Skip(where, "duplicate_key", f"{name}: record key {key!r} was already read from "
-                           f"{Path(first.rpartition('#')[0]).name}; keys must be unique in a shard set, so this "
-                           "one is skipped (write the shards with unique keys)")
-                continue
-            yield record
-        # A tar cut exactly at a member boundary reads without error, only shorter: its manifest says so.
-        missing = self.expected.get(url, 0) - groups - failed
-        if missing > 0:
-            yield Skip(f"{url}#missing", "truncated_shard", f"{name}: read {groups} of the {self.expected[url]} "
-                       "samples its manifest lists; the shard is truncated (regenerate it)", count=missing)
-
-
-def read_records(shards: list[str], bad: BadRecords | None = None) -> Iterator[Record]:
-    """Every usable record of `shards` in order (no shuffling, no splitting); everything else is counted in
-    `bad` (by reason, each once) and skipped."""
-    bad = bad if bad is not None else BadRecords()
-    reader = ShardReader(shards)
-    for url in shards:
-        for entry in reader.entries(url):
-            if isinstance(entry, Skip):
-                bad.add(entry)
-            else:
-                yield entry
-
-
-def iter_records(shards: list[str], on_error: Callable[[str], None] | None = None) -> Iterator[Record]:
-    """`read_records`, with each bad record's message passed to `on_error` (default: logged)."""
-    return read_records(shards, BadRecords(on_skip=(lambda skip: on_error(skip.message)) if on_error else None))
-
-
-def no_usable_record(what: str, shards: list[str], bad: BadRecords, last: str = "") -> UnusableDataError:
-    """The error for a read that found nothing usable: which shards, how many bad records of which kind, and
-    the last problem met, whose message says how to fix it."""
-    names = ", ".join(Path(s).name for s in shards[:3]) + (f" and {len(shards) - 3} more" if len(shards) > 3 else "")
-    folders = ", ".join(sorted({str(Path(s).parent) for s in shards}))
-    return UnusableDataError(f"{what} in {folders} ({names}): {bad.total} bad ({bad.describe()})"
-                             + (f"; the last: {last}" if last else "")
-                             + ". Fix or regenerate the shards, or point the config at other data")

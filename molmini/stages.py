@@ -22,10 +22,12 @@ COMPONENTS = ("vision", "connector", "lm")
 
 def component_parameters(model: nn.Module, component: str):
     """(name, parameter) of one component. Parameters outside the vision tower and the LM belong to the
-    connector: the connector module itself and the pad embedding it reads (Molmo trains them together)."""
+    connector: the connector module itself and the pad embedding it reads (Molmo trains them together).
+    A model with its own layout (a transformers VLM, molmini.hf_vlm) maps its names with `component_of`."""
+    mapped = getattr(model, "component_of", None)
     for name, p in model.named_parameters():
         owner = name.split(".", 1)[0]
-        if (owner if owner in ("vision", "lm") else "connector") == component:
+        if (mapped(name) if mapped else owner if owner in ("vision", "lm") else "connector") == component:
             yield name, p
 
 
@@ -50,6 +52,8 @@ def freeze(model: nn.Module, components: list[str]) -> dict[str, int]:
 def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str]) -> None:
     """Wrap the LM in peft LoRA adapters: its own weights freeze, the adapters train."""
     from peft import LoraConfig, get_peft_model
+    if hasattr(model, "apply_lora"):  # a transformers VLM picks its LM's layers itself
+        return model.apply_lora(r, alpha, dropout, target_modules)
     names = {n.rsplit(".", 1)[-1] for n, _ in model.lm.named_modules()}
     missing = [t for t in target_modules if t not in names]
     if missing:
@@ -61,11 +65,15 @@ def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modu
 
 def merge_lora(model: nn.Module) -> None:
     """Fold LoRA adapters into the LM's weights, so the model saves and loads without peft."""
+    if hasattr(model, "merge_lora"):
+        return model.merge_lora()
     if hasattr(model.lm, "merge_and_unload"):
         model.lm = model.lm.merge_and_unload()
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
+    if hasattr(model, "enable_gradient_checkpointing"):
+        return model.enable_gradient_checkpointing()
     model.vision.visual.set_grad_checkpointing(True)
     kwargs = {"use_reentrant": False}
     if hasattr(model.lm, "activation_checkpointing_enable"):  # transformers 5 renamed it

@@ -1,6 +1,6 @@
 """The streaming datasets training reads records with: `ShardStream` (one shard set, split by process and
 DataLoader worker, a seeded shuffle buffer, exact resume through `StreamPosition`) and `MixtureStream`
-(several sets at fixed weights). Records come through records.py's validated reader.
+(several sets at fixed weights). Records come through shard_reader.py's validated reader.
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from typing import Any, Iterator
 
 import torch
 
-from .records import (MAX_CONSECUTIVE_SKIPS, BadRecords, Record, RecordError, ShardReader, Skip, add_counts,
-                      find_shards, no_usable_record)
+from .records import Record, RecordError
+from .shard_reader import (MAX_CONSECUTIVE_SKIPS, BadRecords, ShardReader, Skip, add_counts, find_shards,
+                           no_usable_record)
 
 log = logging.getLogger(__name__)
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerFast
 
 from .chat_format import MOLMINI_CHAT_TEMPLATE
-from .records import BadRecords, no_usable_record, read_records
+from .progress import bars_enabled
+from .shard_reader import BadRecords, no_usable_record, read_records
 
 if TYPE_CHECKING:
     from .config import Config
@@ -26,17 +27,18 @@ IMAGE_ROW_END = "<im_col>"
 SPECIAL_TOKENS = [PAD, USER, ASSISTANT, END, IMAGE_START, IMAGE_END, IMAGE_PATCH, IMAGE_ROW_END]
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1024, split_digits: bool = False
-                        ) -> PreTrainedTokenizerFast:
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1024, split_digits: bool = False,
+                        progress: bool = False) -> PreTrainedTokenizerFast:
     """A byte-level BPE trained on `texts` (any string still encodes), with molmini's special tokens.
     `split_digits`: every digit is a token of its own, as in Llama's and Qwen's tokenizers, so a number
-    is read and written digit by digit (ten shared classes) instead of each value being a token."""
+    is read and written digit by digit (ten shared classes) instead of each value being a token.
+    `progress`: the trainer's own bars on stderr (texts read, merges)."""
     tok = Tokenizer(models.BPE())
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
                          if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=progress,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=END)
@@ -56,7 +58,9 @@ def add_special_tokens(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenize
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
-    tok = AutoTokenizer.from_pretrained(path)
+    # The tokenizer is its own files alone: a blank config keeps AutoTokenizer from reading config.json, a molmini
+    # model config that names remote code (molmini/hf_auto.py), which it would ask whether to run.
+    tok = AutoTokenizer.from_pretrained(path, config=PretrainedConfig())
     missing = [t for t in SPECIAL_TOKENS if t not in tok.get_vocab()]
     if missing:
         raise ValueError(f"tokenizer at {path!r} lacks molmini's special tokens {missing}; "
@@ -91,4 +95,5 @@ def build_tokenizer(cfg: "Config", train_shards: list[str]):
     if cfg.model.lm.name_or_path:
         return add_special_tokens(AutoTokenizer.from_pretrained(cfg.model.lm.name_or_path))
     texts = iter_shard_texts(train_shards, transcripts=cfg.data.transcript_prob > 0 or not cfg.data.train_questions)
-    return train_bpe_tokenizer(texts, cfg.model.tokenizer.vocab_size, cfg.model.tokenizer.split_digits)
+    return train_bpe_tokenizer(texts, cfg.model.tokenizer.vocab_size, cfg.model.tokenizer.split_digits,
+                               progress=bars_enabled())  # every process trains it; the main one shows it

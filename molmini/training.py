@@ -2,8 +2,9 @@
 accumulation and clipping, loss over the global batch's loss tokens, a guard against non-finite steps,
 held-out loss, exact resume, a progress bar, metrics through accelerate's trackers, and a checkpoint at
 the end. What a stage trains is in molmini.stages, saving and resuming in molmini.checkpointing, what the
-run costs in molmini.cost; the tokenizer is built in molmini.tokenizer, each record formatted in
-molmini.formatter, the loss taken in molmini.loss, the log line's figures measured in molmini.meters."""
+run costs in molmini.cost, the accelerator it runs on in molmini.accelerator; the batches come from
+molmini.loader (records streamed, formatted, processed, packed, collated), the loss is molmini.loss's, the
+log line's figures are measured in molmini.meters."""
 from __future__ import annotations
 
 import contextlib
@@ -17,34 +18,25 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, gather_object, set_seed
 from tqdm.auto import tqdm
 
-from .checkpointing import (LOG_FILE, STATE_FILE, load_training_state, publishable_model, read_train_log,
-                            resolve_resume, save_training_state)
-from .config import Config, ConfigError, save_config, validate
+from .accelerator import make_accelerator
+from .checkpointing import (LOG_FILE, STATE_FILE, check_resumed_config, load_training_state, publishable_model,
+                            read_train_log, resolve_resume, save_training_state)
+from .config import Config, ConfigError, flat_dict, save_config, validate
 from .cost import CostMeter, run_cost
-from .formatter import training_transform
 from .meters import IntervalMeter, SkipCounter
-from .records import UnusableDataError, add_counts, find_shards
+from .shard_reader import add_counts, find_shards
+from .loader import make_loader, next_batch
 from .loss import count_loss_tokens
 from .model import MolminiModel
 from .stages import apply_lora, lr_by_component, make_scheduler, param_groups, prepare_stage
-from .stream import MixtureStream, ShardStream, StreamPosition, mixture_sources
+from .stream import StreamPosition, mixture_sources
 from .tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
-
-
-def next_batch(batches: Iterator[tuple]) -> tuple[dict[str, torch.Tensor], "BatchInfo"]:
-    """The next batch; a DataLoader worker's UnusableDataError comes back as one, with its one-line message
-    (the loader wraps it in the worker's traceback)."""
-    try:
-        return next(batches)
-    except UnusableDataError as e:
-        raise UnusableDataError(str(e).rpartition("UnusableDataError: ")[2].strip() or str(e)) from None
 
 
 # ---- the loop -------------------------------------------------------------------------------------------
@@ -53,67 +45,22 @@ class NonFiniteLossError(RuntimeError):
     """Training stopped after too many consecutive steps with a non-finite loss or gradient norm."""
 
 
-def resolve_mixed_precision(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")  # set by `accelerate launch` / its config file
-    if launched:
-        return launched
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-
-
-def make_accelerator(cfg: Config) -> Accelerator:
-    """An Accelerator logging to the configured trackers: wandb runs offline unless WANDB_MODE says
-    otherwise (e.g. `WANDB_MODE=online` for a logged-in user) and is left out when WANDB_MODE=disabled;
-    tensorboard writes under the run folder."""
-    trackers = list(cfg.train.trackers)
-    if os.environ.get("WANDB_MODE", "").lower() == "disabled":
-        trackers = [t for t in trackers if t != "wandb"]
-    elif "wandb" in trackers:
-        os.environ.setdefault("WANDB_MODE", "offline")
-    if cfg.train.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-        raise ValueError(f"train.mixed_precision {cfg.train.mixed_precision!r} is not one of auto, no, bf16, fp16")
-    # Several processes without CUDA (e.g. `accelerate launch --multi_gpu` on a CPU host): accelerate only
-    # sets up its gloo process group when asked for the CPU explicitly.
-    cpu_multiprocess = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    # tensorboard needs a folder now; train() points it at the run folder before the trackers start.
-    # step_scheduler_with_optimizer=False: the schedule counts optimizer steps, once each; accelerate would
-    # otherwise step it once per process per step (it expects a schedule written for one process).
-    return Accelerator(log_with=trackers or None, cpu=cpu_multiprocess, project_dir=cfg.train.output_dir,
-                       mixed_precision=resolve_mixed_precision(cfg.train.mixed_precision),
-                       step_scheduler_with_optimizer=False)
-
-
-def build_model(cfg: Config, train_shards: list[str]) -> MolminiModel:
-    """The previous stage's checkpoint (train.init_from), or a new model with a tokenizer for this data."""
+def build_model(cfg: Config, train_shards: list[str]):
+    """The previous stage's checkpoint (train.init_from), or a new model with a tokenizer for this data; with
+    `model.hf_vlm`, that pretrained transformers VLM (or init_from's fine-tune of it) and its processor."""
+    if cfg.model.hf_vlm:
+        if cfg.model.multi_annotation != "turns":
+            raise ConfigError("model.multi_annotation=masked is molmini's own sequence layout; with model.hf_vlm "
+                              "the family's chat template lays out the turns: set model.multi_annotation=turns")
+        from .hf_vlm import HFVisionLanguageModel
+        return HFVisionLanguageModel.from_pretrained(cfg.train.init_from or cfg.model.hf_vlm,
+                                                     max_length=cfg.data.max_length).train()
     if cfg.train.init_from:
         model = MolminiModel.from_pretrained(cfg.train.init_from, max_length=cfg.data.max_length)
         cfg.model = model.config  # the checkpoint defines the model; the run's config.yaml says so
         return model.train()
     tokenizer = build_tokenizer(cfg, train_shards)
     return MolminiModel(cfg.model, tokenizer, max_length=cfg.data.max_length)
-
-
-def make_loader(shards: list[str] | list[tuple[list[str], float]], processor, cfg: Config, rank: int, world: int,
-                workers: int, *, shuffle: bool, resume: StreamPosition | None = None) -> torch.utils.data.DataLoader:
-    """Batches of processed records from a list of shards, or from a weighted mixture of shard sets given as
-    (shards, weight) pairs (`data.mixture`)."""
-    transform = training_transform(processor, cfg.data.transcript_prob, cfg.data.train_questions)
-    buffer = cfg.data.shuffle_buffer if shuffle else 0
-    if shards and isinstance(shards[0], tuple):
-        stream = MixtureStream(shards, transform, shuffle_buffer=buffer, seed=cfg.train.seed, rank=rank,
-                               world_size=world, resume=resume)
-    else:
-        stream = ShardStream(shards, transform, shuffle_buffer=buffer, seed=cfg.train.seed, endless=True, rank=rank,
-                             world_size=world, resume=resume)
-    def collate(samples: list[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], BatchInfo]:
-        batch = processor.collate(samples)
-        info = BatchInfo(skipped=[x["skipped"] for x in samples], position=[x["position"] for x in samples],
-                         keys=batch.pop("keys"))
-        return batch, info
-
-    return torch.utils.data.DataLoader(stream, batch_size=cfg.train.batch_size, num_workers=workers,
-                                       collate_fn=collate, persistent_workers=workers > 0)
 
 
 def accumulate_gradients(model, micro_batches: list[dict[str, torch.Tensor]], accelerator: Accelerator
@@ -177,42 +124,6 @@ def _nonfinite_message(step: int, count: int, cfg: Config) -> str:
             "`--resume auto` continues from the last checkpoint")
 
 
-# Keys a resumed run may change: they decide where the run is, what is logged, evaluated or kept, or how
-# data is rendered, not what is trained. Any other change would leave the run's schedule, data order or
-# batches as they were while config.yaml claimed the new values.
-CHANGEABLE_ON_RESUME = ("train.run_name", "train.output_dir", "train.log_every", "train.checkpoint_every",
-                        "train.keep_checkpoints", "train.eval_every", "train.eval_batches", "train.trackers",
-                        "train.project", "train.max_nonfinite_steps", "data.synth.workers", "eval.")
-
-
-def check_resumed_config(cfg: Config, checkpoint: Path) -> None:
-    """Refuse to resume `checkpoint` with settings that change what its run trains, listing them; say which
-    harmless ones changed. The config is the one in the run folder the checkpoint belongs to."""
-    saved_path = Path(checkpoint).parent.parent / "config.yaml"
-    if not saved_path.is_file():
-        return
-    saved, now = _flat(yaml.safe_load(saved_path.read_text()) or {}), _flat(cfg.to_dict())
-    changed = [k for k in now if k in saved and saved[k] != now[k]
-               and not (cfg.train.init_from and k.startswith("model."))]  # then the model is init_from's
-    described = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in changed]
-    refused = [d for k, d in zip(changed, described) if not k.startswith(CHANGEABLE_ON_RESUME)]
-    if refused:
-        raise ConfigError(f"resuming {checkpoint} with settings its run did not train with: {'; '.join(refused)}. "
-                          f"A resumed run keeps its schedule, data order and batches, so resume with its own values "
-                          f"({saved_path}), or start a new run under another train.run_name")
-    if described:
-        log.warning("resuming with %s (recorded in config.yaml)", "; ".join(described))
-
-
-@dataclass
-class BatchInfo:
-    """What rides with a batch besides the model inputs: the stream's running bad-record counts and its
-    positions (for resume), and the records' keys."""
-    skipped: list[tuple]
-    position: list[tuple]
-    keys: list[str]
-
-
 @dataclass
 class Run:
     """Everything a training run holds between steps; built by `start_run`, advanced by `train_step`."""
@@ -252,10 +163,14 @@ def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, re
     """Train per `cfg`; writes the checkpoint to `run_dir/checkpoint` and returns a summary. `resume`:
     `auto` (the latest complete checkpoint of this run folder, if any) or a checkpoints/step-N folder."""
     run = start_run(cfg, Path(run_dir), accelerator, resume)
-    while run.step < cfg.train.max_steps:
-        result = train_step(run)
-        log_if_due(run, result)  # the log line, and the held-out loss when it is due
-        checkpoint_if_due(run)
+    try:
+        while run.step < cfg.train.max_steps:
+            result = train_step(run)
+            log_if_due(run, result)  # the log line, and the held-out loss when it is due
+            checkpoint_if_due(run)
+    except BaseException:
+        run.bar.close()  # ends the bar's line, so the error that follows starts one of its own
+        raise
     return finish_run(run)
 
 
@@ -282,16 +197,20 @@ def start_run(cfg: Config, run_dir: Path, accelerator: Accelerator | None, resum
     model = build_model(cfg, train_shards)
     processor = model.processor
     n_params = sum(p.numel() for p in model.parameters())
-    lm_config = model.lm.config.to_dict()
+    lm_config = model.lm.config.to_dict() if isinstance(model, MolminiModel) else None
 
-    def rebuild() -> MolminiModel:
-        fresh = MolminiModel(cfg.model, processor.tokenizer, max_length=cfg.data.max_length, load_pretrained=False,
-                             saved_lm_config=lm_config)
+    def rebuild():
+        if lm_config is None:
+            fresh = hf_model.rebuild()
+        else:
+            fresh = MolminiModel(cfg.model, processor.tokenizer, max_length=cfg.data.max_length,
+                                 load_pretrained=False, saved_lm_config=lm_config)
         if cfg.train.lora.r > 0:
             lora = cfg.train.lora
             apply_lora(fresh, lora.r, lora.alpha, lora.dropout, lora.target_modules)
         return fresh
 
+    hf_model = model  # the unwrapped model (rebuild's template)
     trainable = prepare_stage(model, cfg.train, cfg.optim)
     state: dict[str, Any] = json.loads((resume_from / STATE_FILE).read_text()) if resume_from is not None else {}
     fewest = min(len(shards) for shards, _ in sources) if sources else len(train_shards)
@@ -334,7 +253,7 @@ def _open_outputs(run: Run, resume_from: Path | None) -> None:
     run.run_dir.mkdir(parents=True, exist_ok=True)
     if accelerator.log_with:
         accelerator.project_configuration.logging_dir = str(run.run_dir / "tensorboard")
-        accelerator.init_trackers(cfg.train.project, config=_flat(cfg.to_dict()),
+        accelerator.init_trackers(cfg.train.project, config=flat_dict(cfg.to_dict()),
                                   init_kwargs={"wandb": {"name": run.run_dir.name, "dir": str(run.run_dir)}})
     if accelerator.is_main_process:
         save_config(cfg, run.run_dir / "config.yaml")
@@ -357,7 +276,7 @@ def train_step(run: Run) -> StepResult:
         run.interval.data_wait += time.perf_counter() - waited  # the loader's time only, as before
         run.skips.update(info.skipped)
         run.position.update(info.position)
-        run.interval.add(batch)
+        run.interval.add(batch, samples=len(info.keys))
         micro_batches.append({k: v.to(accelerator.device) for k, v in batch.items()})
     loss, _ = accumulate_gradients(run.model, micro_batches, accelerator)
     # grad_clip <= 0: no clipping, but the norm is still measured (and guarded).
@@ -397,7 +316,7 @@ def log_if_due(run: Run, result: StepResult) -> None:
         rec = {"step": step, **rec, "eval_loss": round(heldout_loss(run.model, run.eval_loader, run.accelerator,
                                                                       cfg.train.eval_batches), 5)}
     if rec:
-        run.accelerator.log(_flat(rec), step=step)  # trackers take numbers: skipped_by_reason.<reason>
+        run.accelerator.log(flat_dict(rec), step=step)  # trackers take numbers: skipped_by_reason.<reason>
         if run.accelerator.is_main_process:
             run.log_file.write(json.dumps(rec) + "\n")
             run.log_file.flush()
@@ -459,14 +378,3 @@ def _open_log(path: Path, keep_until: int):
         kept = [r for r in read_train_log(path) if r.get("step", 0) <= keep_until]
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     return open(path, "a")
-
-
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
-    return out

@@ -70,7 +70,9 @@ class VisionTower(nn.Module):
             text_cfg = open_clip.get_model_config(cfg.model_name)["text_cfg"]
             extra["text_cfg"] = {**text_cfg, "width": 32, "heads": 1, "layers": 1, "vocab_size": 16,
                                  "context_length": 4, "mlp_ratio": 1}
-        clip = open_clip.create_model(cfg.model_name, pretrained=pretrained, vision_cfg=_vision_cfg(cfg), **extra)
+        # On torch's default device, so `with torch.device("meta")` builds shapes only (molmini/model_summary.py).
+        clip = open_clip.create_model(cfg.model_name, pretrained=pretrained, vision_cfg=_vision_cfg(cfg),
+                                      device=torch.get_default_device(), **extra)
         self.visual = clip.visual
         self.image_mean = tuple(clip.visual.preprocess_cfg["mean"])
         self.image_std = tuple(clip.visual.preprocess_cfg["std"])

@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from conftest import corpus, make_records, tiny_config  # noqa: E402
 from molmini.model import MolminiModel  # noqa: E402
 from molmini.tokenizer import train_bpe_tokenizer  # noqa: E402
-from molmini.training import accumulate_gradients, make_accelerator  # noqa: E402
+from molmini.accelerator import make_accelerator  # noqa: E402
+from molmini.training import accumulate_gradients  # noqa: E402
 
 GLOBAL_BATCH = 8
 

@@ -101,10 +101,12 @@ class LocalHub:
                     repo = hub.repos.get(repo_id)
                     if repo is None:
                         return self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}, head)
-                    if len(parts) > 4 and parts[4] == "tree":  # /api/models/{owner}/{name}/tree/{rev}
+                    if len(parts) > 4 and parts[4] == "tree":  # /api/models/{owner}/{name}/tree/{rev}[/{folder}]
+                        folder = "/".join(parts[6:])
                         return self._send(200, [{"type": "file", "path": f, "size": len(d),
                                                  "oid": hashlib.sha1(d).hexdigest()}
-                                                for f, d in sorted(repo["files"].items())], head=head)
+                                                for f, d in sorted(repo["files"].items())
+                                                if not folder or f.startswith(folder + "/")], head=head)
                     return self._send(200, {"id": repo_id, "modelId": repo_id, "sha": repo["sha"], "private": repo["private"],
                                             "siblings": [{"rfilename": f} for f in sorted(repo["files"])]}, head=head)
                 if len(parts) >= 5 and parts[2] == "resolve":  # /{owner}/{name}/resolve/{rev}/{file}

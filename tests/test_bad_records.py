@@ -17,7 +17,8 @@ import torch
 
 from conftest import ROOT, TINY_OVERRIDES, make_records, png_bytes, tiny_config
 from data_pipelines.shards import ShardWriter
-from molmini.records import BadRecords, Record, UnusableDataError, find_shards, read_records
+from molmini.records import Record, UnusableDataError
+from molmini.shard_reader import BadRecords, find_shards, read_records
 from molmini.stream import ShardStream
 
 
@@ -302,7 +303,7 @@ def test_a_shard_that_is_not_a_tar_stops_a_run_from_a_checkpoint(tmp_path, tiny_
 
 
 def test_a_worker_that_gives_up_reaches_the_trainer_as_one_line(tmp_path):
-    from molmini.training import next_batch
+    from molmini.loader import next_batch
     records = make_records(4)
     records[0].image = records[0].image[:30]
     shards = write_records(tmp_path, records[:1])

@@ -35,12 +35,21 @@ def write_parquet(path, schema: pa.Schema, rows: list[dict]) -> None:
 
 
 CHARTQA = pa.schema([("type", pa.string()), ("question", pa.string()), ("answer", pa.string()), ("image", IMAGE)])
+# HuggingFaceM4/ChartQA: `label` a list of answers, `human_or_machine` a class label (0 human, 1 machine)
+CHARTQA_M4 = pa.schema([("image", IMAGE), ("query", pa.string()), ("label", STRINGS), ("human_or_machine", pa.int64())])
 DOCVQA = pa.schema([("questionId", pa.string()), ("question", pa.string()), ("question_types", STRINGS),
                     ("image", IMAGE), ("docId", pa.int64()), ("ucsf_document_id", pa.string()),
                     ("ucsf_document_page_no", pa.string()), ("answers", STRINGS), ("data_split", pa.string())])
 INFOVQA = pa.schema([("questionId", pa.string()), ("question", pa.string()), ("answers", STRINGS),
                      ("answer_type", STRINGS), ("image", IMAGE), ("image_url", pa.string()),
                      ("operation/reasoning", STRINGS), ("ocr", pa.string()), ("data_split", pa.string())])
+# HuggingFaceM4/DocumentVQA: lmms-lab's columns with integer ids, in data/
+DOCVQA_M4 = pa.schema([("questionId", pa.int32()), ("question", pa.string()), ("question_types", STRINGS),
+                       ("image", IMAGE), ("docId", pa.int32()), ("ucsf_document_id", pa.string()),
+                       ("ucsf_document_page_no", pa.string()), ("answers", STRINGS)])
+# pixparse/docvqa-single-page-questions: question_id
+DOCVQA_PIXPARSE = pa.schema([("image", IMAGE), ("question_id", pa.int64()), ("question", pa.string()),
+                             ("answers", STRINGS), ("data_split", pa.string())])
 TEXTVQA = pa.schema([("image_id", pa.string()), ("question_id", pa.int32()), ("question", pa.string()),
                      ("question_tokens", STRINGS), ("image", IMAGE), ("image_width", pa.int32()),
                      ("image_height", pa.int32()), ("flickr_original_url", pa.string()),
@@ -97,6 +106,35 @@ def test_chartqa_subsets_prompt_scoring_and_a_corrupt_image(tmp_path, caplog):
     assert settings["prompt"] == "{question}\nAnswer the question with a single word."
 
 
+def test_chartqa_in_the_huggingfacem4_layout_has_the_same_subsets_and_every_label(tmp_path):
+    write_parquet(tmp_path / "data" / "test-00000-of-00001.parquet", CHARTQA_M4, [
+        {"image": image_cell(png()), "query": "What is the peak?", "label": ["52"], "human_or_machine": 0},
+        {"image": image_cell(png("blue")), "query": "Which year?", "label": ["2019", "2019.0"], "human_or_machine": 1},
+        {"image": image_cell(png()), "query": "No answer?", "label": [], "human_or_machine": 0}])
+    bench = load_benchmark("chartqa", tmp_path)
+    items = list(bench)
+    assert [(i.id, i.subset, i.golds) for i in items] == [("chartqa-test-00000", "human", ["52"]),
+                                                          ("chartqa-test-00001", "augmented", ["2019", "2019.0"])]
+    assert bench.skipped == [("chartqa-test-00002", "no gold answer")]
+    assert items[0].prompt == "What is the peak?\nAnswer the question with a single word."
+    assert items[1].score("2019") == 1.0 and items[1].load_image().getpixel((0, 0)) == (0, 0, 255)
+    assert bench.settings()["layout"] == "HuggingFaceM4/ChartQA"
+
+
+def test_chartqa_layouts_agree_on_the_same_questions(tmp_path):
+    """The same three questions in both layouts give the same items (ids, prompts, golds, subsets, images)."""
+    rows = [("human_test", 0, "Peak?", "52"), ("augmented_test", 1, "Year?", "2019"), ("human_test", 0, "Low?", "3")]
+    write_parquet(tmp_path / "lmms" / "data" / "test-00000-of-00001.parquet", CHARTQA,
+                  [{"type": t, "question": q, "answer": a, "image": image_cell(png(c))}
+                   for (t, _, q, a), c in zip(rows, ["red", "blue", "green"])])
+    write_parquet(tmp_path / "m4" / "data" / "test-00000-of-00001.parquet", CHARTQA_M4,
+                  [{"image": image_cell(png(c)), "query": q, "label": [a], "human_or_machine": h}
+                   for (_, h, q, a), c in zip(rows, ["red", "blue", "green"])])
+    lmms, m4 = load_benchmark("chartqa", tmp_path / "lmms"), load_benchmark("chartqa", tmp_path / "m4")
+    assert list(lmms) == list(m4) and len(list(m4)) == 3
+    assert (lmms.settings()["layout"], m4.settings()["layout"]) == ("lmms-lab/ChartQA", "HuggingFaceM4/ChartQA")
+
+
 def test_docvqa_reads_its_config_folder_only_and_scores_with_anls(tmp_path):
     write_parquet(tmp_path / "DocVQA" / "validation-00000-of-00002.parquet", DOCVQA,
                   [docvqa_row("101", ["Johnson", "Mr. Johnson"], png())])
@@ -114,6 +152,27 @@ def test_docvqa_reads_its_config_folder_only_and_scores_with_anls(tmp_path):
     info = load_benchmark("infovqa", tmp_path)  # the whole repo in one folder: each config reads its own
     assert [(i.id, i.golds) for i in info] == [("555", ["12"])]
     assert info.settings()["config"] == "InfographicVQA" and info.settings()["max_new_tokens"] == 32
+
+
+@pytest.mark.parametrize("name", ["docvqa", "infovqa"])
+def test_document_qa_in_the_huggingfacem4_and_pixparse_layouts(tmp_path, name):
+    m4 = [{"questionId": qid, "question": f"What is {qid}?", "question_types": ["form"], "image": image_cell(png()),
+           "docId": 7, "ucsf_document_id": "abc", "ucsf_document_page_no": "1", "answers": answers}
+          for qid, answers in ((101, ["Johnson"]), (102, None))]  # None: how its test split stores no answers
+    write_parquet(tmp_path / "m4" / "data" / "validation-00000-of-00001.parquet", DOCVQA_M4, m4)
+    write_parquet(tmp_path / "m4" / "data" / "test-00000-of-00001.parquet", DOCVQA_M4, m4[:1])
+    bench = load_benchmark(name, tmp_path / "m4")
+    assert [(i.id, i.golds, i.question) for i in bench] == [("101", ["Johnson"], "What is 101?")]
+    assert bench.skipped[0][0] == "102" and "no gold answers" in bench.skipped[0][1]
+    assert bench.settings()["layout"] == "lmms-lab/DocVQA, HuggingFaceM4/DocumentVQA"
+
+    write_parquet(tmp_path / "pixparse" / "validation.parquet", DOCVQA_PIXPARSE, [
+        {"image": image_cell(png("blue")), "question_id": 7, "question": "Date?", "answers": ["1998", "'98"],
+         "data_split": "validation"}])
+    bench = load_benchmark(name, tmp_path / "pixparse")
+    [item] = list(bench)
+    assert (item.id, item.golds, item.metric) == ("7", ["1998", "'98"], "anls") and item.score("98") > 0.5
+    assert bench.settings()["layout"] == "pixparse/docvqa-single-page-questions"
 
 
 def test_rows_without_answers_are_skipped_by_id(tmp_path):
@@ -169,10 +228,25 @@ def test_a_folder_without_the_split_lists_what_it_has(tmp_path):
         load_benchmark("textvqa", tmp_path)
 
 
-def test_a_file_in_another_schema_names_the_missing_column(tmp_path):
+def test_a_file_in_another_schema_names_every_layout_and_what_it_misses(tmp_path):
     write_parquet(tmp_path / "data" / "test-00000-of-00001.parquet", AI2D, [ai2d_row("0")])
-    with pytest.raises(ValueError, match=r"no column\(s\) \['type'\]"):
+    with pytest.raises(ValueError) as err:
         list(load_benchmark("chartqa", tmp_path))
+    message = str(err.value)
+    assert "test-00000-of-00001.parquet" in message and "match no known layout" in message
+    assert "lmms-lab/ChartQA (columns question, answer, type, image), missing ['type']" in message
+    assert "HuggingFaceM4/ChartQA (columns query, label, human_or_machine, image), missing ['query', 'label'" in message
+    write_parquet(tmp_path / "data" / "validation-00000-of-00001.parquet", AI2D, [ai2d_row("0")])
+    with pytest.raises(ValueError, match=r"lmms-lab/DocVQA, HuggingFaceM4/DocumentVQA .*missing \['questionId'"):
+        list(load_benchmark("docvqa", tmp_path))
+    write_parquet(tmp_path / "data" / "test-00000-of-00001.parquet", CHARTQA, [])
+    with pytest.raises(ValueError, match=r"no column\(s\) \['options'\]"):  # a one-layout benchmark
+        list(load_benchmark("ai2d", tmp_path))
+
+
+def test_a_missing_folder_names_the_other_layouts_too(tmp_path):
+    with pytest.raises(FileNotFoundError, match="copies from lmms-lab/ChartQA; HuggingFaceM4/ChartQA are read too"):
+        load_benchmark("chartqa", tmp_path / "nowhere")
 
 
 def test_unknown_names_and_a_jsonl_without_a_path(tmp_path):
@@ -272,6 +346,22 @@ def test_synthetic_shards_one_item_per_question_with_its_type(tmp_path, caplog):
     assert [row_id for row_id, _ in bench.skipped] == ["r0-00001-0", "r0-00001-1"]
     assert "r0-00001-0" in caplog.text
     assert bench.settings()["max_new_tokens"] == 8
+
+
+def test_synthetic_records_with_other_than_one_image_are_skipped_by_key(tmp_path):
+    from data_pipelines.shards import ShardWriter
+
+    one, two, none = make_records(3)
+    two.extra_images = [(png("blue"), "png")]
+    none.image = None
+    with ShardWriter(tmp_path, generator="test", split="test") as writer:
+        for record in (one, two, none):
+            writer.write(record)
+    bench = load_benchmark("synthetic", tmp_path)
+    assert [i.id for i in bench] == ["r0-00000-0", "r0-00000-1"]
+    assert [row_id for row_id, _ in bench.skipped] == ["r0-00001", "r0-00002"]
+    assert "2 images" in bench.skipped[0][1] and "0 images" in bench.skipped[1][1]
+    assert bench.skipped_rows == 4  # each stood for its two questions
 
 
 def test_synthetic_missing_folder_says_how_to_make_shards(tmp_path):

@@ -14,7 +14,8 @@ from data_pipelines.convert import (ConversionStats, convert, convert_captions, 
                                     convert_llava, convert_pixmo_docs)
 from data_pipelines.convert import checked_image_bytes as encode_image
 from data_pipelines.shards import read_manifest, verify_manifest
-from molmini.records import IMAGE_MARKER, find_shards, iter_records
+from molmini.records import IMAGE_MARKER
+from molmini.shard_reader import find_shards, iter_records
 
 # The Hugging Face `Image` feature as Arrow stores it.
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -57,7 +58,8 @@ def llava_files(tmp_path):
     images = tmp_path / "images"
     (images / "coco").mkdir(parents=True)
     files = {"coco/a.png": image_bytes("PNG"), "b.jpg": image_bytes("JPEG", (0, 90, 200)),
-             "c.gif": image_bytes("GIF", (0, 160, 0)), "corrupt.png": b"\x89PNG\r\n\x1a\n not really"}
+             "c.gif": image_bytes("GIF", (0, 160, 0)), "d.png": image_bytes("PNG", (90, 90, 90)),
+             "corrupt.png": b"\x89PNG\r\n\x1a\n not really"}
     for name, data in files.items():
         (images / name).write_bytes(data)
 
@@ -72,10 +74,12 @@ def llava_files(tmp_path):
         {"id": "5", "image": "missing.png", "conversations": turns("<image>\nHi?", "Hi.")},
         {"id": "6", "image": "corrupt.png", "conversations": turns("<image>\nHi?", "Hi.")},
         {"id": "7", "image": "b.jpg", "conversations": []},
-        {"id": "8", "conversations": turns("No image here?", "None.")},
+        {"id": "8", "conversations": turns("Write a haiku about rain.", "Soft rain on the roof.", "Another?", "No.")},
         {"id": "9", "image": "b.jpg", "conversations": turns("<image>\nUnanswered?")},
         {"id": "10", "image": "b.jpg", "conversations": [{"from": "system", "value": "x"}]},
-        {"id": "11", "image": ["b.jpg", "c.gif"], "conversations": turns("<image>\nSame?", "No.")},
+        {"id": "11", "image": ["b.jpg", "c.gif"], "conversations": turns("<image>\n<image>\nSame?", "No.")},
+        {"id": "12", "image": "d.png", "conversations": turns("<image><image>\nTwice?", "Once.")},
+        {"id": "13", "image": 5, "conversations": turns("<image>\nHi?", "Hi.")},
     ]
     json_path = tmp_path / "llava.json"
     json_path.write_text(json.dumps(entries))
@@ -87,7 +91,7 @@ def test_llava_merges_rows_per_image_and_skips_bad_rows(llava_files, caplog):
     stats = ConversionStats()
     with caplog.at_level(logging.WARNING):
         records = list(convert_llava(json_path, images, stats=stats))
-    assert [r.key for r in records] == ["llava-1_a", "llava-3", "llava-4"]
+    assert [r.key for r in records] == ["llava-1_a", "llava-3", "llava-4", "llava-8", "llava-11"]
     merged = records[0]
     assert merged.messages == [user("<image>\nWhat is red?"), assistant("A box."), user("What colour?"),
                                assistant("Red."), user("Sure?"), assistant("Yes.")]
@@ -97,17 +101,30 @@ def test_llava_merges_rows_per_image_and_skips_bad_rows(llava_files, caplog):
     assert records[2].image_ext == "png" and Image.open(io.BytesIO(records[2].image)).format == "PNG"
     assert all((r.source, r.task) == ("llava", "instruct") for r in records)
 
-    assert (stats.rows, stats.records) == (11, 3)
+    assert (stats.rows, stats.records, stats.text_only, stats.multi_image) == (13, 5, 1, 1)
     assert stats.skipped == {"missing_image_file": 1, "undecodable_image": 1, "empty_conversation": 1,
-                             "no_image": 1, "invalid_conversation": 2, "not_one_image": 1}
-    assert "llava entry 7 (id '8')" in stats.examples["no_image"]
+                             "invalid_conversation": 2, "image_marker_mismatch": 1, "invalid_image": 1}
+    assert "ids ['12']" in stats.examples["image_marker_mismatch"][0]
     assert "missing.png" in caplog.text and "id '9'" in caplog.text  # each warning names its row
+
+
+def test_llava_text_only_and_multi_image_entries_become_records(llava_files):
+    json_path, images, files = llava_files
+    records = {r.key: r for r in convert_llava(json_path, images)}
+    text = records["llava-8"]  # LLaVA-665k's text-only conversations: kept, not skipped
+    assert (text.image, text.num_images, text.images, text.meta) == (None, 0, [], {"ids": ["8"]})
+    assert text.messages == [user("Write a haiku about rain."), assistant("Soft rain on the roof."), user("Another?"),
+                             assistant("No.")]
+    pair = records["llava-11"]
+    assert pair.num_images == 2 and pair.images[0] == (files["b.jpg"], "jpg") and pair.images[1][1] == "png"
+    assert pair.meta == {"ids": ["11"], "images": ["b.jpg", "c.gif"]}
+    assert pair.messages[0] == user("<image>\n<image>\nSame?")
 
 
 def test_llava_one_record_per_row(llava_files):
     json_path, images, _ = llava_files
     records = list(convert_llava(json_path, images, group_by_image=False, source="mix", task="vqa"))
-    assert [r.key for r in records] == ["mix-1_a", "mix-2", "mix-3", "mix-4"]
+    assert [r.key for r in records] == ["mix-1_a", "mix-2", "mix-3", "mix-4", "mix-8", "mix-11"]
     assert records[1].messages[0] == user("What colour?\n<image>")  # its own first turn keeps the marker
     assert records[0].image == records[1].image
 
@@ -134,15 +151,17 @@ def test_cauldron_one_record_per_row_with_all_texts(tmp_path):
     path = write_parquet(tmp_path / "train-00000-of-00001.parquet", rows, CAULDRON_SCHEMA)
     stats = ConversionStats()
     records = list(convert_cauldron(path, tmp_path, stats=stats))
-    assert [r.key for r in records] == ["cauldron-train-00000-of-00001-0000000", "cauldron-train-00000-of-00001-0000004"]
+    assert [r.key[-7:] for r in records] == ["0000000", "0000001", "0000004"]
+    assert records[0].key == "cauldron-train-00000-of-00001-0000000"
     first = records[0]
     assert first.messages == [user("Question: which box?\nAnswer:"), assistant("The red one."),
                               user("How many boxes?"), assistant("1")]
     assert (first.image, first.image_ext, first.source, first.task) == (png, "png", "the_cauldron/ai2d", "vqa")
     assert first.meta == {"file": "train-00000-of-00001", "row": 0, "text_sources": ["ai2d"]}
-    assert records[1].image == png  # read from the struct's path
-    assert stats.skipped == {"not_one_image": 2, "empty_conversation": 1, "undecodable_image": 1}
-    assert (stats.rows, stats.records) == (6, 2)
+    assert records[1].images == [(png, "png"), (png, "png")]  # a multi-image row keeps every image
+    assert records[2].image == png  # read from the struct's path
+    assert stats.skipped == {"no_image": 1, "empty_conversation": 1, "undecodable_image": 1}
+    assert (stats.rows, stats.records, stats.multi_image) == (6, 3, 1)
 
 
 def test_cauldron_reads_arrow_stream_files(tmp_path):
@@ -208,7 +227,7 @@ def test_chartqa_groups_questions_by_image(chartqa_parquet):
     assert first.key == "chartqa-train-00000-of-00001-0000000"
     assert first.messages == [user("Highest bar?"), assistant("Sales"), user("Value of 2020?"), assistant("45")]
     assert first.meta == {"rows": ["train-00000-of-00001/0", "train-00000-of-00001/2"],
-                          "labels": [["Sales"], ["45", "45.0"]], "human_or_machine": ["human", "machine"]}
+                          "labels": [["Sales"], ["45", "45.0"]], "subsets": ["human", "augmented"]}
     assert (first.source, first.task) == ("chartqa", "chart_qa")
     assert stats.skipped == {"empty_conversation": 1, "undecodable_image": 1}
     assert (stats.rows, stats.records) == (5, 2)
@@ -218,14 +237,36 @@ def test_chartqa_one_record_per_row(chartqa_parquet):
     path, chart_a, _ = chartqa_parquet
     records = list(convert_chartqa(path, group_by_image=False))
     assert [r.messages[0]["content"] for r in records] == ["Highest bar?", "Lowest bar?", "Value of 2020?"]
-    assert records[2].image == chart_a and records[2].meta["human_or_machine"] == ["machine"]
+    assert records[2].image == chart_a and records[2].meta["subsets"] == ["augmented"]
 
 
-def test_chartqa_names_a_missing_column(tmp_path):
+def test_chartqa_in_the_lmms_lab_layout_converts_to_the_same_records(chartqa_parquet, tmp_path):
+    path, _, _ = chartqa_parquet
+    m4 = pq.read_table(path).to_pylist()
+    lmms = [{"type": ["human_test", "augmented_test"][row["human_or_machine"]], "question": row["query"],
+             "answer": row["label"][0] if row["label"] else None, "image": row["image"]} for row in m4]
+    schema = pa.schema([("type", pa.string()), ("question", pa.string()), ("answer", pa.string()),
+                        ("image", IMAGE_STRUCT)])
+    other = tmp_path / "lmms" / "test-00000-of-00001.parquet"
+    other.parent.mkdir()
+    pq.write_table(pa.Table.from_pylist(lmms, schema=schema), other)
+    stats = ConversionStats()
+    records, expected = list(convert_chartqa(other, stats=stats)), list(convert_chartqa(path))
+    assert [(r.image, r.messages, r.meta["subsets"]) for r in records] == \
+        [(r.image, r.messages, r.meta["subsets"]) for r in expected]
+    assert records[0].meta["labels"] == [["Sales"], ["45"]]  # lmms-lab keeps one answer per question
+    assert stats.skipped == {"empty_conversation": 1, "undecodable_image": 1}
+
+
+def test_chartqa_names_both_layouts_when_neither_fits(tmp_path):
     path = write_parquet(tmp_path / "x.parquet", {"image": [hf_image(image_bytes())], "query": ["Q"]},
                          pa.schema([("image", IMAGE_STRUCT), ("query", pa.string())]))
-    with pytest.raises(ValueError, match=r"no column\(s\) \['label', 'human_or_machine'\]"):
+    with pytest.raises(ValueError) as err:
         list(convert_chartqa(path))
+    assert "x.parquet" in str(err.value) and "match no known layout" in str(err.value)
+    assert "HuggingFaceM4/ChartQA (columns query, label, human_or_machine, image), missing ['label', " \
+           "'human_or_machine']" in str(err.value)
+    assert "lmms-lab/ChartQA (columns question, answer, type, image), missing" in str(err.value)
 
 
 def test_captions_jsonl(tmp_path):
@@ -270,8 +311,13 @@ def test_cli_convert_llava_end_to_end(llava_files, tmp_path, capsys):
     assert main(["convert", "llava", "--input", str(json_path), "--images", str(images), "--out", str(out),
                  "--shard-size", "2", "--task", "conversation"]) == 0
     manifest = verify_manifest(out)
-    assert manifest["num_samples"] == 3 and len(manifest["shards"]) == 2
-    assert manifest["counts_by_task"] == {"conversation": 3}
-    assert manifest["params"]["conversion"]["skipped"]["missing_image_file"] == 1
-    assert "3 records in 2 shards from 11 rows" in capsys.readouterr().out
-    assert [r.key for r in iter_records(find_shards(out))] == ["llava-1_a", "llava-3", "llava-4"]
+    assert manifest["num_samples"] == 5 and len(manifest["shards"]) == 3
+    assert manifest["counts_by_task"] == {"conversation": 5}
+    conversion = manifest["params"]["conversion"]
+    assert conversion["skipped"]["missing_image_file"] == 1
+    assert (conversion["text_only"], conversion["multi_image"]) == (1, 1)
+    assert "5 records in 3 shards from 13 rows" in capsys.readouterr().out
+    records = list(iter_records(find_shards(out)))
+    assert [r.key for r in records] == ["llava-1_a", "llava-3", "llava-4", "llava-8", "llava-11"]
+    assert [r.num_images for r in records] == [1, 1, 1, 0, 2]  # read back from the shards as written
+    assert records[4].images[0] == (files["b.jpg"], "jpg")

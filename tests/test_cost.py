@@ -28,7 +28,7 @@ def test_training_flops_are_six_per_parameter_per_token():
 
 def test_run_cost_on_a_cpu_adds_the_time_before_a_resume():
     from conftest import tiny_config
-    from molmini.training import make_accelerator
+    from molmini.accelerator import make_accelerator
     meter = CostMeter(previous={"wall_time_s": 100.0, "energy_kwh": None})
     time.sleep(0.05)
     cost = run_cost(make_accelerator(tiny_config("train.trackers=[]")), meter)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from conftest import make_records, tiny_config
 from molmini import tokenizer as T
@@ -33,13 +33,30 @@ def test_kept_patches_cover_every_pixel_of_the_resized_image_exactly_once(size, 
     # put every kept patch's pixels where the index grid says it goes: that must rebuild the whole canvas
     patches = tiled.crops.view(-1, 3, grid, patch, grid, patch).permute(0, 2, 4, 1, 3, 5).reshape(-1, 3, patch, patch)
     rebuilt = patches[kept.flatten()].view(*kept.shape, 3, patch, patch).permute(0, 3, 1, 4, 2)
-    rebuilt = rebuilt.reshape(kept.shape[0] * patch, kept.shape[1] * patch, 3).numpy()
-    canvas, mask = resize_and_pad(image.convert("RGB"), *tiled.canvas_size, fill=(1, 2, 3))
-    assert rebuilt.shape == canvas.shape
-    assert np.array_equal(rebuilt, canvas)
+    rebuilt = rebuilt.reshape(kept.shape[0] * patch, kept.shape[1] * patch, 3)
+    canvas, _ = resize_and_pad(image.convert("RGB"), *tiled.canvas_size, fill=(1, 2, 3))
+    assert torch.equal(rebuilt, canvas.permute(1, 2, 0))
     # and the global view is the whole image, aspect ratio kept
     glob, _ = resize_and_pad(image, grid * patch, grid * patch, fill=(1, 2, 3))
-    assert np.array_equal(tiled.crops[0].permute(1, 2, 0).numpy(), glob)
+    assert torch.equal(tiled.crops[0], glob)
+
+
+@pytest.mark.parametrize("size", [(1024, 768), (300, 900), (33, 47)])
+def test_the_uint8_resize_is_close_to_pil_and_the_padding_exact(size):
+    """torch's antialiased bicubic on uint8 against PIL's bicubic; the per-patch padding computed from the
+    placed rectangle equals the mean of a pixel mask."""
+    image = noise(*size).filter(ImageFilter.GaussianBlur(2))  # smooth content, as images are
+    canvas, (top, left, h, w) = resize_and_pad(image, 224, 336, fill=(0, 0, 0))
+    ours = canvas[:, top:top + h, left:left + w].permute(1, 2, 0).numpy().astype(int)
+    pil = np.asarray(image.resize((w, h), Image.BICUBIC)).astype(int)
+    assert np.abs(ours - pil).mean() < 1.5 and np.percentile(np.abs(ours - pil), 99) <= 6
+    mask = torch.zeros(224, 336)
+    mask[top:top + h, left:left + w] = 1
+    tiled = tile_image(image, 56, 8, 4, 1)
+    assert tiled.pad_fraction.shape == (tiled.crops.shape[0], 49)
+    from molmini.crops import _patch_padding
+    expected = 1 - mask[8:64, 16:72].reshape(7, 8, 7, 8).mean(dim=(1, 3)).reshape(-1)
+    assert torch.allclose(_patch_padding((top, left, h, w), 8, 16, 56, 8), expected)
 
 
 def test_tiling_needs_the_least_rescaling():

@@ -14,7 +14,8 @@ from data_pipelines.curate import (AnswerLength, EmptyOrGarbledText, EvalImageOv
                                    RepeatedNgrams, curate, garbled_fraction, load_eval_set, normalise_text,
                                    perceptual_hash, standard_filters, write_report)
 from data_pipelines.shards import ShardWriter, verify_manifest
-from molmini.records import IMAGE_MARKER, Record, find_shards, iter_records
+from molmini.records import IMAGE_MARKER, Record
+from molmini.shard_reader import find_shards, iter_records
 
 
 def blocky_image(seed: int, size=(64, 64), fmt="PNG", quality=90) -> bytes:

@@ -94,9 +94,10 @@ def test_each_prompt_gets_its_own_image_list(adapters):
     """SmolVLM's processor reads a flat list of three images as one sample's ("Found [1, 1, 1] <image>
     tokens and [3] images per sample"); one list per prompt is read right by every family."""
     adapter = adapters("idefics3")
-    adapter.processor = recorder = RecordingProcessor(adapter.processor)
+    chat = adapter.model.processor  # molmini.hf_vlm's, which calls the family's processor
+    chat.processor = recorder = RecordingProcessor(chat.processor)
     try:
         adapter.generate(IMAGES, PROMPTS, max_new_tokens=1)
     finally:
-        adapter.processor = recorder.processor
+        chat.processor = recorder.processor
     assert recorder.images == [[[image] for image in IMAGES]]

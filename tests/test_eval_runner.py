@@ -127,6 +127,24 @@ def test_cache_is_keyed_by_model(workspace, monkeypatch):
     assert len(list((out / "predictions").glob("*.jsonl"))) == 2
 
 
+def test_a_prompt_template_override_asks_every_item_with_it_and_is_recorded(workspace, monkeypatch, capsys):
+    out = workspace["root"] / "override"
+    seen = count_generated_prompts(monkeypatch)
+    args = ["run", "--model", str(workspace["molmini"]), "--benchmarks", f"synthetic={workspace['shards']}",
+            "--out", str(out), "--limit", "2"]
+    assert main(args) == 0 and main(args + ["--prompt-template", "lmms_eval_chartqa"]) == 0
+    asked_plain, asked_override = seen[:2], seen[2:]
+    assert len(asked_override) == 2  # another template is another cache entry: both asked again
+    assert all(o == p + "\nAnswer the question with a single word." for p, o in zip(asked_plain, asked_override))
+    (entry,) = json.loads((out / "results.json").read_text())["results"]  # the latest result per model, benchmark
+    assert entry["settings"]["prompt_template"] == "lmms_eval_chartqa"
+    assert entry["settings"]["prompt"] == "{question}\nAnswer the question with a single word."
+    capsys.readouterr()
+    assert main(args + ["--prompt-template", "no_such"]) == 2
+    err = capsys.readouterr().err
+    assert "no_such" in err and "question_only" in err
+
+
 def test_model_specs_pick_adapters(workspace):
     assert type(build_adapter(str(workspace["llava"]))).__name__ == "HFVisionLanguageAdapter"  # detected
     assert type(build_adapter(str(workspace["molmini"]))).__name__ == "MolminiAdapter"

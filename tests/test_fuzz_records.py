@@ -18,7 +18,8 @@ from PIL import Image
 
 from conftest import make_records
 from test_bad_records import members, toy_config, within, write_manifest, write_tar
-from molmini.records import BadRecords, Record, RecordError, Skip, UnusableDataError, find_shards, read_records
+from molmini.records import Record, RecordError, UnusableDataError
+from molmini.shard_reader import BadRecords, Skip, find_shards, read_records
 from molmini.stream import ShardStream
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # PIL on corrupted images
@@ -314,7 +315,8 @@ def test_convert_counts_every_bad_row(tmp_path, seed, capsys):
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     skipped = manifest["params"]["conversion"]["skipped"]
     assert manifest["num_samples"] + sum(skipped.values()) == len(entries)
-    assert sum(skipped.get(r, 0) for r in ("missing_image_file", "unsafe_image_path", "no_image")) == bad
+    # an entry without its image but with an <image> marker is a mismatch (without the marker: a text-only record)
+    assert sum(skipped.get(r, 0) for r in ("missing_image_file", "unsafe_image_path", "image_marker_mismatch")) == bad
     # every record written reads back, and its image decodes
     assert len(decoded(read_records(find_shards(tmp_path / "out")), BadRecords())) == manifest["num_samples"]
     assert {k: v for k, v in digest(tmp_path).items() if k in inputs} == inputs

@@ -2,6 +2,10 @@
 hub server on localhost (tests/hub_server.py: the HTTP endpoints the client calls)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -63,3 +67,28 @@ def test_push_of_an_incomplete_folder_names_what_is_missing(tiny_model, hub, tmp
 def test_loading_a_repo_that_is_not_on_the_hub_fails_clearly(hub):
     with pytest.raises(Exception, match="(?i)not found|404|repository"):
         MolminiModel.from_pretrained("alice/does-not-exist")
+
+
+def test_a_fine_tuned_transformers_vlm_publishes_and_loads_back_with_plain_transformers(hub, tmp_path):
+    """model.hf_vlm's checkpoint is the family's own folder: it pushes without molmini's files and loads by
+    hub id through AutoModelForImageTextToText / AutoProcessor."""
+    from hf_tiny_vlms import save_tiny_vlm
+    from molmini.hf_vlm import HFVisionLanguageModel
+    model = HFVisionLanguageModel.from_pretrained(str(save_tiny_vlm("idefics3", tmp_path / "base")))
+    folder = model.save_pretrained(tmp_path / "ft", training={"steps": 3, "wall_time_s": 1.0})
+    push_folder(folder, "carol/ft")
+    assert {"config.json", "model.safetensors", "README.md"} <= set(hub.repos["carol/ft"]["files"])
+    assert hub.model_cards[-1]["library_name"] == "transformers"
+    # a fresh process, as a user's: transformers reads HF_ENDPOINT when it is imported
+    code = ("import sys, torch; from transformers import AutoModelForImageTextToText, AutoProcessor; "
+            "AutoProcessor.from_pretrained('carol/ft'); m = AutoModelForImageTextToText.from_pretrained('carol/ft'); "
+            "torch.save(m.state_dict(), sys.argv[1]); assert 'molmini' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "sd.pt")], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_CACHE": str(tmp_path / "fresh-cache")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = torch.load(tmp_path / "sd.pt")
+    assert loaded.keys() == model.hf.state_dict().keys()
+    assert all(torch.equal(loaded[k], v) for k, v in model.hf.state_dict().items())
+    (folder / "README.md").unlink()
+    with pytest.raises(FileNotFoundError, match="README.md"):
+        push_folder(folder, "carol/ft2")

@@ -60,3 +60,9 @@ def test_import_molmini_loads_no_model_code_until_a_model_is_asked_for():
     assert res.returncode == 0, res.stderr[-2000:]
     before, after = res.stdout.strip().split("] [")
     assert before == "[" and {"torch", "transformers", "open_clip"} <= set(eval("[" + after))
+
+
+def test_every_top_level_name_resolves():
+    import molmini
+    for name in molmini.__all__:
+        assert getattr(molmini, name) is not None, name

@@ -56,7 +56,7 @@ def test_checkpoint_reloads_in_a_new_process_and_reproduces_the_evaluation(finis
     script = f"""
 import json
 from molmini import MolminiModel
-from molmini.records import find_shards, iter_records
+from molmini.shard_reader import find_shards, iter_records
 model = MolminiModel.from_pretrained({str(run_dir / 'checkpoint')!r})
 rows = [json.loads(l) for l in open({str(run_dir / 'eval_predictions.jsonl')!r})]
 records = {{r.key: r for r in iter_records(find_shards({str(work / 'data/charts/test')!r}))}}

@@ -8,7 +8,7 @@ import torch
 
 from conftest import check_exact_resume, make_records
 from data_pipelines.shards import ShardWriter
-from molmini.records import find_shards
+from molmini.shard_reader import find_shards
 from molmini.stream import MixtureStream, StreamPosition
 
 

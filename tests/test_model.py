@@ -233,3 +233,9 @@ def test_the_sequence_budget_is_stored_once_and_the_saved_processor_is_the_one_u
     wrong.config = dataclasses.replace(wrong.config, image_size=wrong.config.image_size * 2)
     with pytest.raises(ValueError, match="does not fit the model.*image_size"):
         MolminiModel(tiny_model.config, wrong.tokenizer, load_pretrained=False, processor=wrong)
+
+
+def test_a_generation_that_fails_while_streaming_raises_instead_of_hanging(tiny_model):
+    image = make_records(1)[0].load_image()
+    with pytest.raises(ValueError, match="beam"):  # transformers refuses a streamer with beam search, in the thread
+        list(tiny_model.stream(image, "What colour are the bars?", max_new_tokens=3, num_beams=2))

@@ -170,7 +170,7 @@ def test_shards_are_byte_identical_to_webdataset_tarwriter_output(tmp_path):
 
 
 def test_member_names_split_into_key_and_extension_as_webdataset_splits_them():
-    from molmini.records import base_plus_ext
+    from molmini.shard_reader import base_plus_ext
     names = ["a.png", "a.b.json", "dir/x.y.z", "dir.v2/rec-1.png", "noext", ".hidden", "k.", "sub/dir/", "x..json"]
     for name in names:
         assert base_plus_ext(name) == webdataset.tariterators.base_plus_ext(name), name

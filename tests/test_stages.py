@@ -11,7 +11,7 @@ from accelerate.utils import set_seed
 
 from conftest import ROOT, TINY_OVERRIDES, synth_tiny_charts, tiny_config
 from molmini.config import load_config
-from molmini.records import find_shards
+from molmini.shard_reader import find_shards
 from molmini.model import MolminiModel
 from molmini.stages import COMPONENTS, param_groups, prepare_stage, warmup_cosine
 from molmini.training import build_model, train
@@ -175,7 +175,7 @@ def test_activation_checkpointing_gives_the_same_gradients(tokenizer, model_conf
 def test_weights_gathered_from_shards_give_the_same_merged_lora_checkpoint(tokenizer, model_config, tmp_path):
     from molmini.checkpointing import publishable_model
     from molmini.stages import apply_lora
-    from molmini.training import make_accelerator
+    from molmini.accelerator import make_accelerator
     accelerator = make_accelerator(tiny_config("train.trackers=[]"))
 
     def lora_model():

@@ -9,7 +9,8 @@ import torch
 
 from conftest import check_exact_resume, make_records
 from data_pipelines.shards import ShardWriter
-from molmini.records import Record, find_shards, iter_records
+from molmini.records import Record
+from molmini.shard_reader import find_shards, iter_records
 from molmini.stream import ShardStream
 
 

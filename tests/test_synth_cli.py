@@ -3,7 +3,7 @@ import pytest
 
 from data_pipelines.__main__ import main
 from data_pipelines.shards import read_manifest, verify_manifest
-from molmini.records import find_shards, iter_records
+from molmini.shard_reader import find_shards, iter_records
 
 
 @pytest.mark.parametrize("generator,extra,want", [

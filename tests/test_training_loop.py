@@ -13,7 +13,7 @@ import torch
 
 from conftest import ROOT
 from grad_step import gradients
-from molmini.training import make_accelerator, resolve_mixed_precision
+from molmini.accelerator import make_accelerator, resolve_mixed_precision
 
 from conftest import tiny_config
 

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import make_records
 from data_pipelines.shards import ManifestError, ShardWriter, verify_manifest
-from molmini.records import find_shards
+from molmini.shard_reader import find_shards
 from molmini.stream import ShardStream
 
 
@@ -77,7 +77,7 @@ def test_stream_counts_the_missing_samples_as_skipped(tmp_path):
 
 
 def test_iter_records_reports_a_short_shard(tmp_path):
-    from molmini.records import iter_records
+    from molmini.shard_reader import iter_records
     records = write(tmp_path)
     cut_after_records(tmp_path / "shard-000000.tar", keep=2)
     errors = []

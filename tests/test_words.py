@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data_pipelines.synth import words
-from molmini.records import BadRecords, find_shards, read_records
+from molmini.shard_reader import BadRecords, find_shards, read_records
 
 
 def test_answers_are_the_items_printed_in_reading_order():
