@@ -43,6 +43,34 @@ def test_two_processes_give_the_gradients_of_one_with_the_same_global_batch(tmp_
         torch.testing.assert_close(accum_grads[name], g, rtol=0, atol=1e-5, msg=name)
 
 
+def test_two_fsdp2_processes_train_as_one_unsharded_process(tmp_path):
+    """FSDP2 on gloo: the tiny model sharded as configs/accelerate/fsdp.yaml asks, over 2 CPU processes, gives
+    one unsharded process's losses, gradient norms and weights over 4 steps (1 and 2 micro-batches a step)."""
+    import fsdp_step
+    out = tmp_path / "fsdp.pt"
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          str(ROOT / "tests" / "fsdp_step.py"), str(out)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    two = torch.load(out)
+    assert two["world"] == 2
+    one = fsdp_step.train(make_accelerator(tiny_config("train.trackers=[]")), shard=False)
+    assert one["sharded_parameters"] == 0
+    for accum in (1, 2):
+        sharded = two[accum]
+        # every parameter was a sharded DTensor: 2 tower + 2 LM blocks were shard units, the rest the root's
+        assert sharded["sharded_blocks"] == 4 and sharded["sharded_parameters"] == len(one["weights"])
+        assert sharded["losses"] == pytest.approx(one["losses"], abs=1e-5)
+        assert sharded["losses"][-1] < sharded["losses"][0] - 0.5  # it trained
+        assert sharded["norms"] == pytest.approx(one["norms"], rel=1e-4)
+        # weights to 1e-4, a thirtieth of one step's largest move (lr 3e-3): attention's key bias has a zero
+        # true gradient, and AdamW turns the float noise of another summation order into steps of its own size
+        for name, w in one["weights"].items():
+            torch.testing.assert_close(sharded["weights"][name], w, rtol=0, atol=1e-4, msg=f"{name} (accum {accum})")
+
+
 def test_mixed_precision_auto_is_off_on_a_cpu_and_follows_accelerate_launch(monkeypatch):
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     assert resolve_mixed_precision("auto") == ("bf16" if torch.cuda.is_available() else "no")
