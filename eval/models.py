@@ -3,7 +3,8 @@
     adapter                  what it wraps                                              kind
     MolminiAdapter           a molmini checkpoint (folder or hub id)                    molmini
     HFVisionLanguageAdapter  any transformers VLM through AutoModelForImageTextToText   baseline
-                             and AutoProcessor (LLaVA, Qwen2-VL/2.5-VL, Idefics3/SmolVLM, PaliGemma)
+                             and AutoProcessor (LLaVA, Qwen2-VL/2.5-VL, Idefics3/SmolVLM, PaliGemma,
+                             Molmo2)
     TextOnlyAdapter          a molmini checkpoint shown a blank white image (never the real one)   baseline
     MajorityAnswerBaseline   the most common gold answer per question type, from a training      baseline
                              shard folder or from the benchmark's own golds

@@ -1,5 +1,5 @@
 """Bring your own VLM: a pretrained transformers `AutoModelForImageTextToText` (SmolVLM, Idefics3, Qwen2-VL,
-Qwen2.5-VL, LLaVA, PaliGemma, ...) trained through molmini's shards, formatter, loop, stages, resume, cost
+Qwen2.5-VL, LLaVA, PaliGemma, Molmo2, ...) trained through molmini's shards, formatter, loop, stages, resume, cost
 accounting, evaluation and publishing, with its own `AutoProcessor` and chat template.
 
 `model.hf_vlm: PATH_OR_HUB_ID` (or a name of HF_VLM_PRESETS) in a config selects it. The model keeps its own
@@ -79,7 +79,7 @@ class HFChatProcessor:
     each answer is in the text; `collate` runs the family's processor on the batch (it expands the image
     tokens and pads the pixels its own way) and marks the answers' tokens. The answers' tokens are found by
     tokenizing the unexpanded text with offsets and aligning from the end: the processor only expands the
-    image tokens, which come before the first answer."""
+    image tokens, which come before the first answer (Molmo2's also prepends a bos token)."""
 
     def __init__(self, processor, max_length: int):
         self.processor, self.tokenizer, self.max_length = processor, processor.tokenizer, max_length
@@ -105,13 +105,22 @@ class HFChatProcessor:
                                  "molmini cannot find the answer tokens of this processor's template")
             end = len(prefix) + len(text[len(prefix):].rstrip())
             if self.stop_text and not text[:end].endswith(tuple(self.tokenizer.all_special_tokens)):
-                # a template that ends an answer with no special token (LLaVA-1.5's "\n"): the eos token
-                # follows the answer, so the model learns to stop
+                # a template that renders an answer with no special token after it. Either the next turn
+                # closes it with the eos token (Molmo2's "<|im_end|>\n<|im_start|>user"): only the last
+                # answer lacks it, and gets it here as a next turn would give it. Or nothing ever does
+                # (LLaVA-1.5's "\n"): the eos token follows every answer, so the model learns to stop
+                if not self._next_turn_closes(conv, text[:end]):
+                    conv[-1] = {"role": "assistant", "content": [{"type": "text", "text": answer + self.stop_text}]}
                 text = text[:end] + self.stop_text + text[end:]
-                conv[-1] = {"role": "assistant", "content": [{"type": "text", "text": answer + self.stop_text}]}
                 end += len(self.stop_text)
             spans.append((len(prefix), end))
         return text, spans
+
+    def _next_turn_closes(self, conv: list[dict[str, Any]], answered: str) -> bool:
+        """Whether the template puts the eos token right after the last answer (`answered` is the text up to
+        its end) once another user turn follows it."""
+        turn = {"role": "user", "content": [{"type": "text", "text": "?"}]}
+        return self.processor.apply_chat_template(conv + [turn], tokenize=False).startswith(answered + self.stop_text)
 
     def process_record(self, record: Record, messages: Sequence[dict[str, str]] | None = None) -> dict[str, Any]:
         messages = list(messages if messages is not None else record.messages)

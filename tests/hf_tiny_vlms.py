@@ -7,6 +7,7 @@ AutoModelForImageTextToText and AutoProcessor load: built from their configs alo
     save_tiny_idefics3     Idefics3ForConditionalGeneration     Idefics3Processor (SmolVLM v1 uses these)
     save_tiny_smolvlm      SmolVLMForConditionalGeneration      SmolVLMProcessor (SmolVLM2; needs num2words)
     save_tiny_paligemma    PaliGemmaForConditionalGeneration    tiny SigLIP + Gemma, no chat template
+    save_tiny_molmo2       Molmo2ForConditionalGeneration       Molmo2Processor, 32 px crops, at most 2 + 1 per image
 
 Each has hidden size 32 and one or two layers. Tokenizers are byte-level BPEs trained on the spot on the
 test corpus, with the special tokens the family's processor looks for; chat templates are shaped like the
@@ -205,8 +206,65 @@ def save_tiny_paligemma(folder) -> None:
     processor.save_pretrained(folder)
 
 
+# ---- Molmo2 ----------------------------------------------------------------------------------------------
+
+# the tokens Molmo2Processor expands an image (or video) into; in the released checkpoints they live in the
+# embedding's extra rows past the LM head's vocabulary (Molmo2TextConfig.additional_vocab_size), never predicted
+MOLMO2_IMAGE_TOKENS = ["<im_start>", "<im_end>", "<im_patch>", "<im_col>", "<low_res_im_start>", "<|image|>",
+                       "<im_low>", "<frame_start>", "<frame_end>", "<|video|>"]
+# Molmo2-4B's template without its styles, subtitles and videos: the images before the first turn ("Image 1<|image|>
+# Image 2<|image|>" when several), and an answer closed by the "<|im_end|>\n" that opens the next user turn
+MOLMO2_CHAT_TEMPLATE = (
+    "{% set n = namespace(images=0) %}{% for message in messages %}{% if message['content'] is not string %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}{% set n.images = n.images + 1 %}"
+    "{% endif %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if n.images == 1 %}<|image|>{% elif n.images > 1 %}{% for i in range(n.images) %}Image {{ i + 1 }}<|image|>"
+    "{% endfor %}{% endif %}"
+    "{% for message in messages %}{% if message['content'] is string %}{% set text = message['content'] %}"
+    "{% else %}{% set m = namespace(text='') %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'text' %}"
+    "{% set m.text = m.text ~ ('' if not m.text else ' ') ~ content['text'] %}{% endif %}{% endfor %}"
+    "{% set text = m.text %}{% endif %}"
+    "{% if message['role'] == 'user' %}{% if not loop.first %}<|im_end|>\n{% endif %}"
+    "<|im_start|>user\n{{ text }}<|im_end|>\n{% else %}<|im_start|>assistant\n{{ text }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def save_tiny_molmo2(folder) -> None:
+    """A two-layer ViT on 32 px crops of 4 px patches, its last two layers' features pooled 2x2 by the
+    attention adapter: each image is a 4x4-token low-res view and one or two overlapping high-res crops. The
+    processor prepends the bos token (the eos, "<|im_end|>", as in the released tokenizers) to every text."""
+    from transformers import (Molmo2Config, Molmo2ForConditionalGeneration, Molmo2ImageProcessor, Molmo2Processor,
+                              Molmo2VideoProcessor)
+
+    tok = tiny_tokenizer(QWEN_TOKENS[:3], pad="<|endoftext|>", eos="<|im_end|>")
+    vocab_size = len(tok)
+    tok.add_special_tokens({"additional_special_tokens": MOLMO2_IMAGE_TOKENS})
+    ids = {t: tok.convert_tokens_to_ids(t) for t in MOLMO2_IMAGE_TOKENS}
+    assert min(ids.values()) == vocab_size
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=2, head_dim=16, image_size=[32, 32], patch_size=4, initializer_range=INIT_RANGE)
+    adapter = dict(vision_feature_layer=[-1, -2], hidden_size=32, num_attention_heads=2, num_key_value_heads=2,
+                   head_dim=16, intermediate_size=64, text_hidden_size=32, initializer_range=INIT_RANGE)
+    text = dict(TEXT, head_dim=16, vocab_size=vocab_size, additional_vocab_size=len(MOLMO2_IMAGE_TOKENS),
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, bos_token_id=tok.eos_token_id,
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = Molmo2Config(vision_config=vision, adapter_config=adapter, text_config=text,
+                          image_start_token_id=ids["<im_start>"], image_end_token_id=ids["<im_end>"],
+                          low_res_image_start_token_id=ids["<low_res_im_start>"], image_patch_id=ids["<im_patch>"],
+                          frame_start_token_id=ids["<frame_start>"], frame_end_token_id=ids["<frame_end>"],
+                          initializer_range=INIT_RANGE)
+    torch.manual_seed(0)
+    Molmo2ForConditionalGeneration(config).save_pretrained(folder)
+    # 32 px crops overlapping by one patch each side: a 32 px image is one crop, a long one two
+    crops = dict(size={"height": 32, "width": 32}, patch_size=4, pooling_size=[2, 2])
+    image_processor = Molmo2ImageProcessor(**crops, max_crops=2, overlap_margins=[1, 1])
+    Molmo2Processor(image_processor=image_processor, video_processor=Molmo2VideoProcessor(**crops), tokenizer=tok,
+                    chat_template=MOLMO2_CHAT_TEMPLATE).save_pretrained(folder)
+
+
 TINY_VLMS = {"qwen2_vl": save_tiny_qwen2_vl, "qwen2_5_vl": save_tiny_qwen2_5_vl, "idefics3": save_tiny_idefics3,
-             "smolvlm": save_tiny_smolvlm, "paligemma": save_tiny_paligemma}
+             "smolvlm": save_tiny_smolvlm, "paligemma": save_tiny_paligemma, "molmo2": save_tiny_molmo2}
 
 
 def save_tiny_vlm(family: str, folder: str | Path) -> Path:

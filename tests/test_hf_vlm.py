@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from conftest import ROOT, make_records, tiny_config
 from hf_tiny_vlms import save_tiny_llava, save_tiny_vlm
 
-FAMILIES = ["llava", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "paligemma"]
+FAMILIES = ["llava", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "paligemma", "molmo2"]
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +79,10 @@ def test_labels_cover_exactly_the_assistant_tokens(family, tiny_vlms):
         answers = [m["content"] for m in record.messages[1::2]]
         assert [d.strip().startswith(a) for d, a in zip(decoded, answers)] == [True] * len(answers)
         assert all(d.strip() != a for d, a in zip(decoded, answers))  # the end-of-turn token is learned too
+        assert tokenizer.eos_token * 2 not in sample["text"]  # an answer's end-of-turn token is not doubled
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "idefics3"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "idefics3", "molmo2"])
 def test_text_only_and_two_image_records_train_beside_one_image_records(family, tiny_vlms):
     """LLaVA-665k's text-only conversations and records with several images: labels still cover exactly
     the answers, and the batch gives a finite loss with gradients."""
@@ -157,7 +158,7 @@ print(json.dumps(answers))
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "idefics3"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "idefics3", "molmo2"])
 def test_lora_is_merged_and_the_saved_model_answers_as_before_saving(family, tiny_vlms, shards, tmp_path):
     """LoRA on the LM with vision and connector frozen: those stay bit-identical, the LM's weights change by
     the merged adapters, no adapter weight is saved, and plain transformers in a fresh process gives the
@@ -255,7 +256,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(tiny_vlms):
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(results[0][1], results[1][1]))
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "smolvlm", "paligemma"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "smolvlm", "paligemma", "molmo2"])
 def test_the_answer_only_loss_equals_the_familys_own_loss_and_gradients(family, tiny_vlms):
     """molmini's loss (the LM head at answer positions only) against the family's forward with labels,
     which runs the head at every position: same mean loss and gradients to 1e-5."""
