@@ -18,15 +18,20 @@ from molmini.accelerator import make_accelerator, resolve_mixed_precision
 from conftest import tiny_config
 
 
-def test_two_processes_give_the_gradients_of_one_with_the_same_global_batch(tmp_path):
-    out = tmp_path / "grads.pt"
+def launch_two_processes(script: str, out) -> dict:
+    """Run tests/SCRIPT under `accelerate launch --multi_gpu --num_processes 2` (gloo on a CPU host) and load
+    what its main process saved to `out`."""
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     res = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                          str(ROOT / "tests" / "grad_step.py"), str(out)],
+                          str(ROOT / "tests" / script), str(out)],
                          env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    two = torch.load(out)
+    return torch.load(out)
+
+
+def test_two_processes_give_the_gradients_of_one_with_the_same_global_batch(tmp_path):
+    two = launch_two_processes("grad_step.py", tmp_path / "grads.pt")
     assert two["world"] == 2
     one_grads, _, one_loss = gradients(make_accelerator(tiny_config("train.trackers=[]")), accum=1)
     for accum in (1, 2):
@@ -47,14 +52,7 @@ def test_two_fsdp2_processes_train_as_one_unsharded_process(tmp_path):
     """FSDP2 on gloo: the tiny model sharded as configs/accelerate/fsdp.yaml asks, over 2 CPU processes, gives
     one unsharded process's losses, gradient norms and weights over 4 steps (1 and 2 micro-batches a step)."""
     import fsdp_step
-    out = tmp_path / "fsdp.pt"
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                          str(ROOT / "tests" / "fsdp_step.py"), str(out)],
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    two = torch.load(out)
+    two = launch_two_processes("fsdp_step.py", tmp_path / "fsdp.pt")
     assert two["world"] == 2
     one = fsdp_step.train(make_accelerator(tiny_config("train.trackers=[]")), shard=False)
     assert one["sharded_parameters"] == 0
