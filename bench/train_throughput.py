@@ -40,6 +40,7 @@ from results_file import load_average, machine, merge_into  # noqa: E402
 
 from molmini.cost import peak_flops, training_flops  # noqa: E402
 from molmini.errors import run_reporting_errors  # noqa: E402
+from molmini.stages import enable_gradient_checkpointing, enable_transformers_checkpointing  # noqa: E402
 
 
 @dataclass
@@ -60,10 +61,12 @@ class Contender:
         return self.batch["input_ids"].shape[1]
 
 
-def build_contender(kind: str, shape: P.Shape, device: torch.device, batch_size: int, compile_backend: str = ""
-                    ) -> Contender:
-    """kind: a molmini connector name or "llava"; compile_backend: torch.compile's backend, or "" for eager.
-    The weights are initialised on `device` (much faster on a GPU); the batch is built on the CPU."""
+def build_contender(kind: str, shape: P.Shape, device: torch.device, batch_size: int, compile_backend: str = "",
+                    checkpointing: bool = False) -> Contender:
+    """kind: a molmini connector name or "llava"; compile_backend: torch.compile's backend, or "" for eager;
+    checkpointing: activation checkpointing of every block (molmini's `train.gradient_checkpointing`, LLaVA's
+    own `gradient_checkpointing_enable`). The weights are initialised on `device` (much faster on a GPU); the
+    batch is built on the CPU."""
     if kind == P.PEER:
         image_size, patch = (224, 16) if shape.siglip else (shape.vision["image_size"], shape.vision["patch_size"])
         with device:
@@ -78,6 +81,8 @@ def build_contender(kind: str, shape: P.Shape, device: torch.device, batch_size:
         image_tokens = batch["pool_index"].shape[0] // batch_size
         flops = P.molmini_flops(model, shape, batch["input_ids"].shape[1], image_tokens)
     model.to(device)
+    if checkpointing:
+        (enable_transformers_checkpointing if kind == P.PEER else enable_gradient_checkpointing)(model)
     if compile_backend:
         model.compile(backend=compile_backend)
     fused = {"fused": True} if device.type == "cuda" else {}
@@ -142,7 +147,8 @@ def _proc_kib(field_name: str) -> int:
     raise OSError(f"/proc/self/status has no {field_name}")
 
 
-def memory_probe(shape: P.Shape, kind: str, batch_size: int, steps: int) -> dict[str, Any]:
+def memory_probe(shape: P.Shape, kind: str, batch_size: int, steps: int, checkpointing: bool = False
+                 ) -> dict[str, Any]:
     """Peak resident memory of `steps` training steps of one model, in this (fresh) process."""
     # Both models' code is imported before the baseline, so neither's import counts as its memory.
     from transformers import CLIPVisionModel, LlamaForCausalLM, LlavaForConditionalGeneration  # noqa: F401
@@ -150,7 +156,7 @@ def memory_probe(shape: P.Shape, kind: str, batch_size: int, steps: int) -> dict
     from molmini.model import MolminiModel  # noqa: F401
     gc.collect()
     before_model = _proc_kib("VmRSS")
-    c = build_contender(kind, shape, torch.device("cpu"), batch_size)
+    c = build_contender(kind, shape, torch.device("cpu"), batch_size, checkpointing=checkpointing)
     gc.collect()
     built = _proc_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set (Linux >= 4.0)
@@ -161,9 +167,10 @@ def memory_probe(shape: P.Shape, kind: str, batch_size: int, steps: int) -> dict
             "weights_mib": round(P.count_params(c.model) * 4 / 2**20, 1)}
 
 
-def cpu_peak_memory(shape_name: str, kind: str, batch_size: int, steps: int) -> dict[str, Any]:
+def cpu_peak_memory(shape_name: str, kind: str, batch_size: int, steps: int, checkpointing: bool = False
+                    ) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--shape", shape_name, "--batch", str(batch_size), "--memory-probe", kind,
-           "--steps", str(steps)]
+           "--steps", str(steps)] + (["--gradient-checkpointing"] if checkpointing else [])
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         return {"error": f"memory probe failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}"}
@@ -267,6 +274,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--compile-backend", default="inductor", help="torch.compile's backend (aot_eager: no codegen)")
     ap.add_argument("--dtype", default="auto", help="fp32, bf16 (autocast) or auto: bf16 on a GPU, else fp32")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's, OMP_NUM_THREADS)")
+    ap.add_argument("--gradient-checkpointing", action="store_true",
+                    help="activation checkpointing of every block, in every model (LLaVA's own)")
     ap.add_argument("--no-peer", action="store_true", help="molmini only (with --profile)")
     ap.add_argument("--memory-steps", type=int, default=2, help="steps of each CPU memory probe (0: no probe)")
     ap.add_argument("--profile", default="", metavar="TXT", help="also profile molmini's steps into this file")
@@ -291,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_probe:
-        print(json.dumps(memory_probe(shape, args.memory_probe, batch_size, args.steps)))
+        print(json.dumps(memory_probe(shape, args.memory_probe, batch_size, args.steps, args.gradient_checkpointing)))
         return None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = ("bf16" if device.type == "cuda" else "fp32") if args.dtype == "auto" else args.dtype
@@ -300,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     torch.manual_seed(0)
     kinds = list(args.connectors) + ([] if args.no_peer else [P.PEER])
     backend = args.compile_backend if args.compile else ""
-    contenders = [build_contender(k, shape, device, batch_size, backend) for k in kinds]
+    contenders = [build_contender(k, shape, device, batch_size, backend, args.gradient_checkpointing) for k in kinds]
     result: dict[str, Any] | None = None
     if args.steps > 0:
         run_rounds(contenders, args.steps, args.warmup, device, autocast)
@@ -310,11 +319,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 memory = {"peak_memory_mib": round((resident_bytes(c) + c.step_peak_bytes) / 2**20, 1),
                           "step_peak_mib": round(c.step_peak_bytes / 2**20, 1)}
             else:
-                memory = cpu_peak_memory(args.shape, kind, batch_size, args.memory_steps) if args.memory_steps else {}
+                memory = (cpu_peak_memory(args.shape, kind, batch_size, args.memory_steps, args.gradient_checkpointing)
+                          if args.memory_steps else {})
             models[c.name] = summarise(c, batch_size, device, memory)
         ratios = ratios_to_peer(models)
         result = {"benchmark": "train_throughput", "shape": P.shape_dict(shape), "batch": batch_size,
-                  "device": device.type, "dtype": dtype, "compiled": backend or False, "steps": args.steps,
+                  "device": device.type, "dtype": dtype, "compiled": backend or False,
+                  "gradient_checkpointing": args.gradient_checkpointing, "steps": args.steps,
                   "warmup": args.warmup, "timing": "median step of the timed rounds (means in step_s_mean)",
                   "answer_label_fraction": {c.name: round(float((c.batch["labels"] != -100).float().mean()), 4)
                                             for c in contenders},
@@ -326,7 +337,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             print(f"{name:<30} {m['samples_per_s']:>9.2f} samples/s {m['lm_tokens_per_s']:>10.0f} LM tokens/s  peak "
                   f"{m.get('peak_memory_mib', float('nan')):>8.0f} MiB{extra}  x{ratio:.2f}")
         if args.json:
-            merge_into(args.json, args.key or f"train/{args.shape}" + ("/compiled" if args.compile else ""), result)
+            merge_into(args.json, args.key or f"train/{args.shape}" + ("/compiled" if args.compile else "")
+                       + ("/checkpointed" if args.gradient_checkpointing else ""), result)
     if args.profile:
         sections = [profile_step(c, autocast, f"== molmini training step ({c.name}) at shape {shape.name}, batch "
                                  f"{batch_size}, {dtype}, {torch.get_num_threads()} threads, {machine()['date']}; "

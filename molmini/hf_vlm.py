@@ -22,6 +22,7 @@ from torch import nn
 
 from .loss import IGNORE_INDEX, head_outputs
 from .records import IMAGE_MARKER, Record, RecordError
+from .stages import enable_transformers_checkpointing
 
 # Instruction-tuned checkpoints a user who is online starts from (`model.hf_vlm: smolvlm-256m`).
 HF_VLM_PRESETS = {
@@ -264,11 +265,7 @@ class HFVisionLanguageModel(nn.Module):
             self.hf = self.hf.merge_and_unload()
 
     def enable_gradient_checkpointing(self) -> None:
-        kwargs = {"use_reentrant": False}
-        if hasattr(self.hf, "activation_checkpointing_enable"):  # transformers 5 renamed it
-            self.hf.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_transformers_checkpointing(self.hf)
 
     def rebuild(self) -> "HFVisionLanguageModel":
         """A fresh model of the same architecture (for weights gathered from shards at the end of a run)."""

@@ -71,15 +71,20 @@ def merge_lora(model: nn.Module) -> None:
         model.lm = model.lm.merge_and_unload()
 
 
+def enable_transformers_checkpointing(model: nn.Module) -> None:
+    """Activation checkpointing (non-reentrant) of every block of a transformers model."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 renamed it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def enable_gradient_checkpointing(model: nn.Module) -> None:
     if hasattr(model, "enable_gradient_checkpointing"):
         return model.enable_gradient_checkpointing()
     model.vision.visual.set_grad_checkpointing(True)
-    kwargs = {"use_reentrant": False}
-    if hasattr(model.lm, "activation_checkpointing_enable"):  # transformers 5 renamed it
-        model.lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    enable_transformers_checkpointing(model.lm)
 
 
 def prepare_stage(model: nn.Module, train: TrainConfig, optim: OptimConfig) -> dict[str, int]:

@@ -75,6 +75,22 @@ def tiny_model(tokenizer, model_config):
     return MolminiModel(model_config, tokenizer).eval()
 
 
+def trained_checkpoint(model_config: ModelConfig, tokenizer, folder: Path, steps: int = 40) -> Path:
+    """A tiny model trained `steps` steps on 16 records and saved to `folder`, so its greedy answers are
+    words that depend on the image, not near-ties between random logits."""
+    import torch
+    from molmini.model import MolminiModel
+    torch.manual_seed(0)
+    model = MolminiModel(model_config, tokenizer)
+    batch = model.processor.collate([model.processor.process_record(r) for r in make_records(16)])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        model(**batch)["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval().save_pretrained(folder)
+
+
 def synth_tiny_charts(folder: Path, train_shard_size: int = 16) -> Path:
     """32 training and 8 held-out 32 px charts under folder/train and folder/test."""
     from data_pipelines.synth.charts import synthesize

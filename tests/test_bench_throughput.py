@@ -75,6 +75,33 @@ def test_train_throughput_reports_every_model_with_ratios(tmp_path):
     assert result["models"] == saved["models"]
 
 
+@pytest.mark.parametrize("kind", ["mlp", P.PEER])
+def test_checkpointing_recomputes_every_block_and_keeps_the_loss(kind):
+    """--gradient-checkpointing: every block of the tower and the LM runs under activation checkpointing (molmini's
+    train.gradient_checkpointing, LLaVA's own), the step's loss and gradients are those of the plain step, and the
+    forward keeps fewer tensors for backward."""
+    def step(checkpointing: bool):
+        torch.manual_seed(0)
+        c = train_throughput.build_contender(kind, TINY, torch.device("cpu"), 2, checkpointing=checkpointing)
+        kept = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t.numel()) or t, lambda t: t):
+            out = c.model(**c.batch) if c.peer else c.model(**c.batch, return_logits=False)
+        (out.loss if c.peer else out["loss"]).backward()
+        grads = [p.grad.clone() for p in c.model.parameters() if p.grad is not None]
+        return c, float(out.loss if c.peer else out["loss"]), grads, sum(kept)
+
+    plain, plain_loss, plain_grads, plain_kept = step(False)
+    checked, loss, grads, kept = step(True)
+    if kind == P.PEER:
+        assert checked.model.model.language_model.is_activation_checkpointing
+        assert checked.model.model.vision_tower.is_activation_checkpointing
+    else:
+        assert checked.model.vision.visual.transformer.grad_checkpointing and checked.model.lm.is_activation_checkpointing
+    assert loss == pytest.approx(plain_loss, abs=1e-6) and len(grads) == len(plain_grads)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, plain_grads))
+    assert kept < plain_kept
+
+
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc/self/clear_refs")
 def test_cpu_memory_probe_counts_the_training_state():
     """Gradients and AdamW's two moments alone are 3x the fp32 weights; the probe (a fresh process) must see

@@ -18,10 +18,9 @@ import time
 
 import httpx
 import pytest
-import torch
 from PIL import Image
 
-from conftest import ROOT, make_records, png_bytes
+from conftest import ROOT, png_bytes, trained_checkpoint
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
@@ -36,16 +35,7 @@ QUESTION = "What colour are the bars?"
 @pytest.fixture(scope="module")
 def checkpoint(tokenizer, model_config, tmp_path_factory):
     """A tiny model trained for a few steps, so its greedy answers depend on the image and are not near-ties."""
-    torch.manual_seed(0)
-    model = MolminiModel(model_config, tokenizer)
-    records = make_records(16)
-    batch = model.processor.collate([model.processor.process_record(r) for r in records])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(40):
-        model(**batch)["loss"].backward()
-        opt.step()
-        opt.zero_grad()
-    return model.eval().save_pretrained(tmp_path_factory.mktemp("serve") / "checkpoint")
+    return trained_checkpoint(model_config, tokenizer, tmp_path_factory.mktemp("serve") / "checkpoint")
 
 
 @pytest.fixture(scope="module")

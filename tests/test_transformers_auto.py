@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from conftest import make_records, tiny_config
+from conftest import make_records, tiny_config, trained_checkpoint
 from hub_server import LocalHub
 from molmini.hub import push_folder
 from molmini.model import MolminiModel
@@ -37,15 +37,8 @@ IMAGES = [chart(size, colour, bars) for size, colour, bars in zip(SIZES, ["red",
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tokenizer):
     """A tiny molmini model, trained a few steps so greedy answers are words, not near-ties, saved once."""
-    torch.manual_seed(0)
-    model = MolminiModel(tiny_config("model.image.max_crops=2").model, tokenizer)
-    batch = model.processor.collate([model.processor.process_record(r) for r in make_records(16)])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(40):
-        model(**batch)["loss"].backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return model.eval().save_pretrained(tmp_path_factory.mktemp("auto") / "ckpt")
+    return trained_checkpoint(tiny_config("model.image.max_crops=2").model, tokenizer,
+                              tmp_path_factory.mktemp("auto") / "ckpt")
 
 
 @pytest.fixture(scope="module")
