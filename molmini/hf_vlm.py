@@ -11,6 +11,7 @@ checkpoint folder holds is the family's own: it loads with `AutoModelForImageTex
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -110,18 +111,25 @@ class HFChatProcessor:
                 # closes it with the eos token (Molmo2's "<|im_end|>\n<|im_start|>user"): only the last
                 # answer lacks it, and gets it here as a next turn would give it. Or nothing ever does
                 # (LLaVA-1.5's "\n"): the eos token follows every answer, so the model learns to stop
-                if not self._next_turn_closes(conv, text[:end]):
+                if not self.next_turn_closes:
                     conv[-1] = {"role": "assistant", "content": [{"type": "text", "text": answer + self.stop_text}]}
                 text = text[:end] + self.stop_text + text[end:]
                 end += len(self.stop_text)
             spans.append((len(prefix), end))
         return text, spans
 
-    def _next_turn_closes(self, conv: list[dict[str, Any]], answered: str) -> bool:
-        """Whether the template puts the eos token right after the last answer (`answered` is the text up to
-        its end) once another user turn follows it."""
-        turn = {"role": "user", "content": [{"type": "text", "text": "?"}]}
-        return self.processor.apply_chat_template(conv + [turn], tokenize=False).startswith(answered + self.stop_text)
+    @functools.cached_property
+    def next_turn_closes(self) -> bool:
+        """Whether the template puts the eos token right after an answer once another user turn follows it (a
+        fact of the template, probed once on a one-question conversation)."""
+        def turn(role: str, text: str) -> dict[str, Any]:
+            return {"role": role, "content": [{"type": "text", "text": text}]}
+        conv = [turn("user", "?"), turn("assistant", "!")]
+        prefix = self.processor.apply_chat_template(conv[:1], add_generation_prompt=True, tokenize=False)
+        text = self.processor.apply_chat_template(conv, tokenize=False)
+        answered = text[:len(prefix) + len(text[len(prefix):].rstrip())]
+        followed = self.processor.apply_chat_template(conv + [turn("user", "?")], tokenize=False)
+        return followed.startswith(answered + self.stop_text)
 
     def process_record(self, record: Record, messages: Sequence[dict[str, str]] | None = None) -> dict[str, Any]:
         messages = list(messages if messages is not None else record.messages)
