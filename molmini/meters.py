@@ -46,10 +46,9 @@ class IntervalMeter:
         self.samples = self.tokens = self.slots = self.data_wait = 0.0
         self.since = now
 
-    def add(self, batch: dict[str, torch.Tensor], samples: int | None = None) -> None:
+    def add(self, batch: dict[str, torch.Tensor], samples: int) -> None:
         """A micro-batch of `samples` records (its rows, unless packing put several records in a row)."""
-        rows = batch["input_ids"].shape[0]
-        self.samples += (rows if samples is None else samples) * self.accelerator.num_processes
+        self.samples += samples * self.accelerator.num_processes
         self.tokens += float(batch["attention_mask"].sum())
         self.slots += float(batch["attention_mask"].numel())
 

@@ -152,10 +152,15 @@ class MolminiModel(nn.Module):
                history: Sequence[dict[str, str]] = (), **generate_kwargs: Any) -> Iterator[str]:
         """Yield the answer's text piece by piece as it is generated (transformers' TextIteratorStreamer).
         `image`: a PIL image, a path or an http(s) URL, a list of them, or None."""
+        sample = self.processor.process_prompt(image, prompt, history)
+        yield from self.stream_sample(sample, max_new_tokens, **generate_kwargs)
+
+    def stream_sample(self, sample: dict[str, Any], max_new_tokens: int = 64, **generate_kwargs: Any) -> Iterator[str]:
+        """`stream` for a prompt the processor has already laid out (`processor.process_prompt`)."""
         from threading import Thread
 
         from transformers import TextIteratorStreamer
-        batch = self.processor.collate([self.processor.process_prompt(image, prompt, history)], padding_side="left")
+        batch = self.processor.collate([sample], padding_side="left")
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=False, skip_special_tokens=True)
         self.eval()
         failed: list[BaseException] = []

@@ -172,9 +172,9 @@ class Batcher:
         counter = TokenCounter(self.processor.stop_token_id, job.cancelled)
         request = job.request
         try:
-            for piece in self.model.stream(request.images, request.prompt, job.max_tokens, request.history,
-                                           stopping_criteria=StoppingCriteriaList([counter]),
-                                           **request.sampling.generate_kwargs()):
+            for piece in self.model.stream_sample(job.sample, job.max_tokens,
+                                                  stopping_criteria=StoppingCriteriaList([counter]),
+                                                  **request.sampling.generate_kwargs()):
                 job.pieces.put(piece)
             self.streams += 1
             job.pieces.put(Completion("", counter.finish_reason, job.prompt_tokens, counter.generated))

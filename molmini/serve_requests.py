@@ -13,6 +13,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from .images import URL_TIMEOUT_S, is_url
 from .records import IMAGE_MARKER
 
 DATA_URL_EXAMPLE = "data:image/png;base64,iVBORw0..."
@@ -40,7 +41,7 @@ class Limits:
     max_new_tokens: int = 512  # the largest max_tokens a request may ask for
     max_image_pixels: int = 4096 * 4096  # width x height of one image
     max_image_bytes: int = 20 * 2**20  # one image's encoded size (decoded base64, or the body of its URL)
-    url_timeout_s: float = 30.0
+    url_timeout_s: float = URL_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ def load_image_url(url: str, limits: Limits, where: str) -> Image.Image:
     """The RGB image of a `data:image/...;base64,` URL or an http(s) URL, within the size limits."""
     if url.startswith("data:"):
         data = data_url_bytes(url, limits, where)
-    elif url.startswith(("http://", "https://")):
+    elif is_url(url):
         data = fetch_bytes(url, limits, where)
     else:
         raise RequestError(f"{where}: {url[:60]!r} is neither a data: URL ({DATA_URL_EXAMPLE}) nor an http(s) "
