@@ -223,10 +223,9 @@ BASELINE_KINDS = ("majority", "text-only", "llava", "hf")
 
 
 def is_hf_folder(path: str) -> bool:
-    """A transformers checkpoint folder of another family: its config.json names a model_type other than
-    "molmini" (molmini's own checkpoints name "molmini", or, saved before they loaded in transformers, none)."""
-    config = Path(path) / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("model_type") not in (None, "molmini")
+    """A transformers checkpoint folder of another family (molmini.hub.is_transformers_folder)."""
+    from molmini.hub import is_transformers_folder
+    return is_transformers_folder(path)
 
 
 def build_adapter(spec: str, batch_size: int = 16, device: str = "cpu") -> ModelAdapter:

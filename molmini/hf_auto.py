@@ -17,7 +17,6 @@ never initialises or ties them), and the folder it saves is a molmini checkpoint
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ except ImportError:  # pragma: no cover - transformers 4.x
 from .hf_auto_processor import MolminiTransformersProcessor
 from .hf_files import MODEL_TYPE
 from .hub import CHECKPOINT_FILES, resolve_checkpoint
-from .model import CONFIG_FILE, MolminiModel
+from .model import MolminiModel
 
 # What transformers' loaders pass along that has no meaning for a molmini checkpoint (a single safetensors
 # file, loaded on one device, with the LM attention its config names).
@@ -114,8 +113,6 @@ class MolminiForConditionalGeneration(PreTrainedModel, GenerationMixin):
         folder = resolve_checkpoint(pretrained_model_name_or_path, required=CHECKPOINT_FILES, revision=revision,
                                     cache_dir=cache_dir, token=token, subfolder=subfolder)
         dtype = dtype if dtype is not None else torch_dtype
-        if dtype == "auto":
-            dtype = json.loads((folder / CONFIG_FILE).read_text()).get("dtype")
         model = MolminiModel.from_pretrained(folder, device=device_of(device_map), dtype=dtype, max_length=max_length)
         if config is None:
             config = MolminiConfig.from_pretrained(folder)

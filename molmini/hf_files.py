@@ -12,10 +12,9 @@ from typing import Any
 
 import transformers
 
-from .hub import REMOTE_CODE_FILES
+from .hub import MODEL_TYPE, REMOTE_CODE_FILES
 from .processor import PROCESSOR_CONFIG
 
-MODEL_TYPE = "molmini"
 REMOTE_CODE_DIR = Path(__file__).parent / "remote_code"
 MODEL_AUTO_MAP = {"AutoConfig": "configuration_molmini.MolminiConfig",
                   "AutoModelForImageTextToText": "modeling_molmini.MolminiForConditionalGeneration",

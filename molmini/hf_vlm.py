@@ -237,10 +237,8 @@ class HFVisionLanguageModel(nn.Module):
                                     f"or hub id of one, or a preset: {sorted(HF_VLM_PRESETS)}") from e
         return cls(model, processor, max_length, source=source).to(device)
 
-    def component_of(self, parameter_name: str) -> str:
-        if ".lora_" in parameter_name:  # LoRA adapters train on the LM only
-            return "lm"
-        return component_of(parameter_name)
+    # LoRA's parameter names keep the wrapped LM module's name, so they map to "lm" like it
+    component_of = staticmethod(component_of)
 
     @property
     def config(self):

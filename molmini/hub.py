@@ -13,6 +13,7 @@ CHECKPOINT_FILES = ["config.json", "model.safetensors", "processor_config.json",
                     "tokenizer.json"]
 # The thin files transformers' Auto classes import with trust_remote_code=True (molmini/remote_code/, written by
 # save_pretrained); they name classes of the installed molmini package. A published checkpoint carries them.
+MODEL_TYPE = "molmini"  # config.json's model_type (none in checkpoints saved before they loaded in transformers)
 REMOTE_CODE_FILES = ["configuration_molmini.py", "modeling_molmini.py", "processing_molmini.py"]
 PUBLISHED_FILES = CHECKPOINT_FILES + REMOTE_CODE_FILES + ["README.md"]
 
@@ -39,6 +40,19 @@ print(processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special
 """
 
 
+def is_hub_id(name: str) -> bool:
+    """Whether `name` reads as a hub id (owner/name), not a path."""
+    return not name.startswith((".", "/")) and name.count("/") == 1
+
+
+def is_transformers_folder(folder: str | Path) -> bool:
+    """A transformers checkpoint of another family (one molmini fine-tuned with model.hf_vlm): its config.json
+    names a model_type other than molmini's. A config.json that is not JSON raises ValueError."""
+    import json
+    config = Path(folder) / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("model_type") not in (None, MODEL_TYPE)
+
+
 def resolve_checkpoint(name_or_path: str | Path, required: list[str], revision: str | None = None,
                        cache_dir: str | Path | None = None, token: str | bool | None = None,
                        subfolder: str = "") -> Path:
@@ -47,7 +61,7 @@ def resolve_checkpoint(name_or_path: str | Path, required: list[str], revision: 
     names the checkpoint's folder inside that one, as transformers' loaders take it."""
     path = Path(name_or_path)
     if not path.is_dir():
-        if path.exists() or str(name_or_path).startswith((".", "/")) or str(name_or_path).count("/") != 1:
+        if path.exists() or not is_hub_id(str(name_or_path)):
             raise FileNotFoundError(f"checkpoint {str(name_or_path)!r} is neither a folder nor a hub id "
                                     "(owner/name); pass the checkpoint folder a training run wrote")
         from huggingface_hub import snapshot_download
@@ -71,13 +85,11 @@ def published_files(folder: Path) -> list[str]:
     """What a folder must hold to publish: a molmini checkpoint's files, or, for a transformers VLM that
     molmini fine-tuned (model.hf_vlm: its config names another model_type), its config, its weights (one
     safetensors file or a sharded set's index) and the model card."""
-    import json
-    config = folder / "config.json"
     try:
-        model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
-    except ValueError:
-        model_type = None
-    if model_type in (None, "molmini"):
+        other_family = is_transformers_folder(folder)
+    except ValueError:  # an unreadable config.json: publish checks molmini's files, and names the broken one
+        other_family = False
+    if not other_family:
         return list(PUBLISHED_FILES)
     weights = "model.safetensors.index.json" if (folder / "model.safetensors.index.json").is_file() else "model.safetensors"
     return ["config.json", weights, "README.md"]

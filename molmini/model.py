@@ -208,7 +208,8 @@ class MolminiModel(nn.Module):
     def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu",
                         dtype: str | torch.dtype | None = None, max_length: int | None = None) -> "MolminiModel":
         """Load a checkpoint folder or hub id (safetensors only, nothing is unpickled). `device="auto"` takes
-        the GPU when there is one; `dtype="bfloat16"` halves the memory for inference on a GPU."""
+        the GPU when there is one; `dtype="bfloat16"` halves the memory for inference on a GPU, `"auto"` keeps
+        the saved weights' dtype."""
         folder = resolve_checkpoint(name_or_path, required=CHECKPOINT_FILES)
         try:
             saved = json.loads((folder / CONFIG_FILE).read_text())
@@ -230,6 +231,8 @@ class MolminiModel(nn.Module):
         model.source_folder = folder
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if dtype == "auto":  # the saved weights' dtype
+            dtype = saved.get("dtype")
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         return model.to(device=device, dtype=dtype).eval()

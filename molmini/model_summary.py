@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .config import Config
+from .hub import is_hub_id
 from .stages import COMPONENTS, component_parameters, prepare_stage
 
 
@@ -24,7 +25,7 @@ def local_folder(name_or_path: str, key: str) -> Path:
     """A folder on disk for `name_or_path`: itself, or its snapshot in the hub cache; never a download."""
     if Path(name_or_path).is_dir():
         return Path(name_or_path)
-    if name_or_path.startswith((".", "/")) or name_or_path.count("/") != 1:  # a path, not an owner/name hub id
+    if not is_hub_id(name_or_path):
         raise FileNotFoundError(f"{key} {name_or_path!r} is not a folder; point it at an existing one (a previous "
                                 "stage's runs/NAME/checkpoint, or a pretrained model's folder)")
     from huggingface_hub import snapshot_download
