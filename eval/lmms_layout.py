@@ -52,7 +52,7 @@ def write_lmms_layout(run_dir: str | Path, entries: list[dict[str, Any]], out_di
     for model, model_entries in by_model.items():
         folder = out_dir / sanitized_model_name(model)
         folder.mkdir(parents=True, exist_ok=True)
-        results, n_samples, configs = {}, {}, {}
+        results, n_samples, configs, higher_is_better = {}, {}, {}, {}
         for entry in model_entries:
             metric = entry["settings"].get("metric", "score")
             task, key, splits = lmms_task(entry["benchmark"], metric)
@@ -62,6 +62,7 @@ def write_lmms_layout(run_dir: str | Path, entries: list[dict[str, Any]], out_di
                     row[f"{split_key},none"] = entry["per_subset"][subset]["score"]
                     row[f"{split_key}_stderr,none"] = "N/A"
             results[task] = row
+            higher_is_better[task] = {key: True}
             n_samples[task] = {"original": entry["n"], "effective": entry["n"]}
             configs[task] = {"task": task, "molmini_benchmark": entry["benchmark"], **entry["settings"]}
             _write_samples(folder / f"{date}_samples_{task}.jsonl", run_dir / entry["predictions"],
@@ -69,8 +70,7 @@ def write_lmms_layout(run_dir: str | Path, entries: list[dict[str, Any]], out_di
         described = model_entries[0]["model"]
         summary = {"results": results, "group_subtasks": {t: [] for t in results}, "configs": configs,
                    "versions": {t: "molmini" for t in results}, "n-shot": {t: 0 for t in results},
-                   "higher_is_better": {t: {lmms_task(e["benchmark"], "")[1]: True} for t, e in
-                                        zip(results, model_entries)},
+                   "higher_is_better": higher_is_better,
                    "n-samples": n_samples,
                    "config": {"model": "molmini", "model_args": f"pretrained={described.get('spec', model)}",
                               "batch_size": None, "num_parameters": described.get("num_parameters")},

@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from conftest import tiny_config
+from conftest import synth_tiny_charts, tiny_config
 from test_benchmarks import CHARTQA, image_cell, png, write_parquet
 
 
@@ -19,13 +19,23 @@ def test_chartqa_results_in_lmms_eval_layout_equal_the_runs_scores(tmp_path, tok
     torch.manual_seed(0)
     model_dir = MolminiModel(tiny_config().model, tokenizer).save_pretrained(tmp_path / "ckpt")
     out = tmp_path / "results"
-    assert main(["run", "--model", str(model_dir), "--benchmarks", f"chartqa={tmp_path / 'chartqa'}",
-                 "--baselines", "majority", "--out", str(out), "--lmms-eval-layout"]) == 0
+    charts = synth_tiny_charts(tmp_path / "charts")
+    assert main(["run", "--model", str(model_dir), "--benchmarks",
+                 f"chartqa={tmp_path / 'chartqa'},synthetic={charts / 'test'}", "--baselines", "majority", "--out", str(out),
+                 "--lmms-eval-layout"]) == 0
     entries = json.loads((out / "results.json").read_text())["results"]
     for entry in entries:
         folder = out / "lmms_eval" / entry["model"]["name"].replace("/", "__")
         (results_file,) = folder.glob("*_results.json")
-        task = json.loads(results_file.read_text())["results"]["chartqa"]
+        written = json.loads(results_file.read_text())
+        # each task's higher_is_better names the metric its results row holds (the synthetic one too)
+        assert sorted(written["higher_is_better"]) == sorted(written["results"])
+        for name, row in written["results"].items():
+            (metric,) = written["higher_is_better"][name]
+            assert f"{metric},none" in row and written["higher_is_better"][name][metric] is True
+        if entry["benchmark"] != "chartqa":
+            continue
+        task = written["results"]["chartqa"]
         assert task["relaxed_overall,none"] == entry["score"]
         assert task["relaxed_human_split,none"] == entry["per_subset"]["human"]["score"]
         assert task["relaxed_augmented_split,none"] == entry["per_subset"]["augmented"]["score"]
