@@ -10,15 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from PIL import Image
-
 from .chat_format import MOLMINI_CHAT_TEMPLATE
 from .hub import resolve_checkpoint
+from .images import SINGLE_IMAGE
 from .processor import PROCESSOR_CONFIG, MolminiProcessor
 from .records import IMAGE_MARKER
 
 PROCESSOR_FILES = [PROCESSOR_CONFIG, "tokenizer_config.json", "tokenizer.json"]
-SINGLE_IMAGE = (Image.Image, str, Path)  # what molmini.images.load_image opens
 # What AutoProcessor passes along that has no meaning for molmini's processor.
 LOADER_ARGUMENTS_WITHOUT_EFFECT = {"_from_auto", "trust_remote_code", "code_revision", "_commit_hash",
                                    "force_download", "local_files_only", "proxies", "use_fast"}

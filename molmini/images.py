@@ -12,6 +12,7 @@ from typing import Union
 from PIL import Image, UnidentifiedImageError
 
 ImageInput = Union[Image.Image, str, Path]
+SINGLE_IMAGE = (Image.Image, str, Path)  # what load_image opens: one image, not a list of them
 URL_TIMEOUT_S = 30.0
 SOURCES = "pass an image file, an http(s) URL or a PIL image"
 

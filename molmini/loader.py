@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .config import Config, ConfigError
+from .config import Config
 from .formatter import training_transform
 from .packing import pack_samples
 from .records import UnusableDataError
@@ -29,7 +29,6 @@ class BatchInfo:
     skipped: list[tuple]
     position: list[tuple]
     keys: list[str]
-    rows: int = 0  # sequences the samples were laid out in (fewer than the samples when packed)
 
 
 def next_batch(batches: Iterator[tuple]) -> tuple[dict[str, torch.Tensor], "BatchInfo"]:
@@ -47,9 +46,6 @@ def make_loader(shards: list[str] | list[tuple[list[str], float]], processor, cf
     (shards, weight) pairs (`data.mixture`)."""
     transform = training_transform(processor, cfg.data.transcript_prob, cfg.data.train_questions)
     buffer = cfg.data.shuffle_buffer if shuffle else 0
-    if cfg.data.packing and not hasattr(processor, "encode_conversation"):
-        raise ConfigError("data.packing packs molmini's own sequences; a transformers VLM (model.hf_vlm) lays out "
-                          "its own: set data.packing=false")
     if shards and isinstance(shards[0], tuple):
         stream = MixtureStream(shards, transform, shuffle_buffer=buffer, seed=cfg.train.seed, rank=rank,
                                world_size=world, resume=resume)
@@ -60,7 +56,7 @@ def make_loader(shards: list[str] | list[tuple[list[str], float]], processor, cf
         rows = pack_samples(samples, cfg.data.max_length) if cfg.data.packing else samples
         batch = processor.collate(rows)
         info = BatchInfo(skipped=[x["skipped"] for x in samples], position=[x["position"] for x in samples],
-                         keys=[x.get("key", "") for x in samples], rows=len(rows))
+                         keys=[x.get("key", "") for x in samples])
         batch.pop("keys")
         return batch, info
 

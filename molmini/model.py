@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
-from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
@@ -21,8 +20,8 @@ from torch import nn
 from . import tokenizer as T
 from .config import ModelConfig, from_dict
 from .connector import build_connector
-from .images import ImageInput
 from .hub import CHECKPOINT_FILES, push_folder, resolve_checkpoint, write_model_card
+from .images import SINGLE_IMAGE, ImageInput
 from .language_model import build_language_model
 from .loss import head_outputs
 from .processor import MolminiProcessor, ProcessorConfig
@@ -136,7 +135,7 @@ class MolminiModel(nn.Module):
         """Answer each prompt about its image (or its list of images, one `<image>` marker each, or None for a
         text-only prompt), in batches; greedy unless sampling or beam arguments are given. An image is a PIL
         image, a file path or an http(s) URL."""
-        if isinstance(images, (Image.Image, str, Path)):
+        if isinstance(images, SINGLE_IMAGE):
             images = [images]  # one image for one prompt
         was_training = self.training
         self.eval()

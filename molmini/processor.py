@@ -32,7 +32,7 @@ from PIL import Image
 from . import tokenizer as T
 from .chat_format import ChatFormat
 from .crops import pool_windows, pooled_shape, tile_image
-from .images import ImageInput, load_image
+from .images import SINGLE_IMAGE, ImageInput, load_image
 from .records import IMAGE_MARKER, Record, RecordError
 
 IGNORE_INDEX = -100  # the label of every token that carries no loss (the value torch's cross-entropy skips)
@@ -202,7 +202,7 @@ class MolminiProcessor:
         start) or none (None or []). An image is a PIL image, a file path or an http(s) URL."""
         if images is None:
             images = []
-        elif isinstance(images, (Image.Image, str, Path)):
+        elif isinstance(images, SINGLE_IMAGE):
             images = [images]
         processed = [self.process_image(load_image(image)) for image in images]
         return {"input_ids": self.encode_prompt(prompt, processed, history), **self.stack_images(processed)}

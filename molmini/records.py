@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
-log = logging.getLogger(__name__)
 
 IMAGE_MARKER = "<image>"
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
@@ -203,6 +201,3 @@ def validate_messages(messages: Any, where: str = "record") -> None:
 def _short(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-# ---- streaming ------------------------------------------------------------------------------------------

@@ -52,6 +52,9 @@ def build_model(cfg: Config, train_shards: list[str]):
         if cfg.model.multi_annotation != "turns":
             raise ConfigError("model.multi_annotation=masked is molmini's own sequence layout; with model.hf_vlm "
                               "the family's chat template lays out the turns: set model.multi_annotation=turns")
+        if cfg.data.packing:
+            raise ConfigError("data.packing packs molmini's own sequences; a transformers VLM (model.hf_vlm) lays out "
+                              "its own: set data.packing=false")
         from .hf_vlm import HFVisionLanguageModel
         return HFVisionLanguageModel.from_pretrained(cfg.train.init_from or cfg.model.hf_vlm,
                                                      max_length=cfg.data.max_length).train()
