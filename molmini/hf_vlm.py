@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .hub import evaluation_table
 from .loss import IGNORE_INDEX, head_outputs
 from .records import IMAGE_MARKER, Record, RecordError
 from .stages import enable_transformers_checkpointing
@@ -327,12 +328,7 @@ def write_hf_model_card(folder: Path, model: HFVisionLanguageModel, eval_results
              "model = AutoModelForImageTextToText.from_pretrained(\"PATH_OR_HUB_ID\")\n"
              "processor = AutoProcessor.from_pretrained(\"PATH_OR_HUB_ID\")\n```\n"]
     if eval_results:
-        o = eval_results["overall"]
-        lines += [f"## Evaluation on {eval_results['benchmark']}\n",
-                  "| question type | items | relaxed accuracy | majority baseline |\n|---|---|---|---|"]
-        lines += [f"| {t} | {r['n']} | {100 * r['relaxed_accuracy']:.1f} | {100 * r['majority_baseline']:.1f} |"
-                  for t, r in eval_results["per_type"].items()]
-        lines.append(f"| overall | {o['n']} | {100 * o['relaxed_accuracy']:.1f} | {100 * o['majority_baseline']:.1f} |\n")
+        lines += evaluation_table(eval_results)
     if training:
         lines.append("## Training cost\n")
         lines += [f"- {k}: {training[k]}" for k in ("steps", "samples", "wall_time_s", "device", "num_processes",

@@ -114,6 +114,16 @@ def push_folder(folder: str | Path, repo_id: str, private: bool | None = None, t
     return str(getattr(info, "commit_url", info))
 
 
+def evaluation_table(eval_results: dict[str, Any]) -> list[str]:
+    """The model card's section of held-out scores per question type beside the majority baseline."""
+    def row(name: str, r: dict[str, Any]) -> str:
+        return f"| {name} | {r['n']} | {100 * r['relaxed_accuracy']:.1f} | {100 * r['majority_baseline']:.1f} |"
+    return [f"## Evaluation on {eval_results['benchmark']}\n",
+            "| question type | items | relaxed accuracy | majority baseline |\n|---|---|---|---|",
+            *(row(name, r) for name, r in eval_results["per_type"].items()),
+            row("overall", eval_results["overall"]) + "\n"]
+
+
 def write_model_card(folder: Path, model: Any, eval_results: dict[str, Any] | None = None,
                      training: dict[str, Any] | None = None) -> None:
     """README.md with YAML front matter (and a model-index block when there are evaluation results)."""
@@ -139,12 +149,7 @@ def write_model_card(folder: Path, model: Any, eval_results: dict[str, Any] | No
             "dataset": {"name": eval_results["benchmark"], "type": eval_results["benchmark"]},
             "metrics": [{"type": "relaxed_accuracy", "value": round(100 * eval_results["overall"]["relaxed_accuracy"], 2)},
                         {"type": "exact_match", "value": round(100 * eval_results["overall"]["exact_match"], 2)}]}]}]
-        lines.append(f"## Evaluation on {eval_results['benchmark']}\n")
-        lines.append("| question type | items | relaxed accuracy | majority baseline |\n|---|---|---|---|")
-        for qtype, row in eval_results["per_type"].items():
-            lines.append(f"| {qtype} | {row['n']} | {100 * row['relaxed_accuracy']:.1f} | {100 * row['majority_baseline']:.1f} |")
-        o = eval_results["overall"]
-        lines.append(f"| overall | {o['n']} | {100 * o['relaxed_accuracy']:.1f} | {100 * o['majority_baseline']:.1f} |\n")
+        lines += evaluation_table(eval_results)
     if training:
         lines.append("## Training cost\n")
         for k in ("steps", "samples", "wall_time_s", "total_wall_time_s", "device", "num_processes", "gpu",
