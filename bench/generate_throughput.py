@@ -34,9 +34,8 @@ def generators(kind: str, shape: P.Shape, device: torch.device, dtype: torch.dty
     new = shape.gen_new_tokens
     out = []
     if kind == P.PEER:
-        image_size, patch = (224, 16) if shape.siglip else (shape.vision["image_size"], shape.vision["patch_size"])
         with device:  # initialised where it runs: much faster on a GPU
-            llava = P.build_llava(shape, image_size, patch).eval().to(device=device, dtype=dtype)
+            llava = P.build_llava(shape).eval().to(device=device, dtype=dtype)
         for b in sizes:
             batch = P.to_device(P.llava_batch(llava, shape, b, prompt_only=True), device)
             batch["pixel_values"] = batch["pixel_values"].to(dtype)
@@ -68,9 +67,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--key", default="", help="the key in --json (default: generate/SHAPE)")
     args = ap.parse_args(argv)
     shape = P.get_shape(args.shape)
-    connectors = P.CONNECTORS if args.connector == "both" else (args.connector,)
-    if any(k not in P.CONNECTORS for k in connectors):
-        raise ValueError(f"--connector {args.connector!r} is unknown; choose attention_pool_2x2, mlp or both")
+    connectors = P.parse_connectors(args.connector)
     try:
         sizes = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else list(shape.gen_batches)
     except ValueError:

@@ -20,9 +20,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from molmini import tokenizer as T  # noqa: E402
-from molmini.chat_format import MOLMINI_CHAT_TEMPLATE  # noqa: E402
 from molmini.config import load_config  # noqa: E402
 from molmini.loss import IGNORE_INDEX  # noqa: E402
+from molmini.model_summary import stand_in_tokenizer  # noqa: E402
 
 CONNECTORS = ("attention_pool_2x2", "mlp")
 PEER = "llava"
@@ -72,6 +72,14 @@ SHAPES = {
 }
 
 
+def parse_connectors(arg: str) -> tuple[str, ...]:
+    """--connector: one of CONNECTORS, or "both"."""
+    connectors = CONNECTORS if arg == "both" else (arg,)
+    if any(k not in CONNECTORS for k in connectors):
+        raise ValueError(f"--connector {arg!r} is unknown; choose attention_pool_2x2, mlp or both")
+    return connectors
+
+
 def get_shape(name: str) -> Shape:
     if name not in SHAPES:
         raise ValueError(f"--shape {name!r} is unknown; choose one of {', '.join(SHAPES)}")
@@ -80,21 +88,6 @@ def get_shape(name: str) -> Shape:
 
 def shape_dict(shape: Shape) -> dict[str, Any]:
     return asdict(shape)
-
-
-def word_tokenizer(vocab_size: int):
-    """A tokenizer of exactly `vocab_size` tokens (molmini's special tokens, then words w8, w9, ...): the LM
-    vocabulary a real tokenizer would give, built in a fraction of a second."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    vocab = {tok: i for i, tok in enumerate(T.SPECIAL_TOKENS)}
-    vocab.update({f"w{i}": i for i in range(len(vocab), vocab_size)})
-    tok = Tokenizer(models.WordLevel(vocab, unk_token=T.PAD))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=T.PAD, eos_token=T.END,
-                                   additional_special_tokens=[t for t in T.SPECIAL_TOKENS if t not in (T.PAD, T.END)])
-    fast.chat_template = MOLMINI_CHAT_TEMPLATE
-    return fast
 
 
 def build_molmini(shape: Shape, connector: str):
@@ -108,14 +101,15 @@ def build_molmini(shape: Shape, connector: str):
     if shape.vision:
         overrides.append(f"model.vision.vision_cfg={shape.vision}")
     cfg = load_config(None, overrides)
-    return MolminiModel(cfg.model, word_tokenizer(shape.vocab), max_length=2048).train()
+    return MolminiModel(cfg.model, stand_in_tokenizer(shape.vocab), max_length=2048).train()
 
 
-def build_llava(shape: Shape, image_size: int, patch_size: int):
-    """transformers' LlavaForConditionalGeneration at `shape`: CLIP (SigLIP for the H100 shape) tower of the
-    same width, depth and patching, the same Llama LM, image token = the last id of the vocabulary."""
+def build_llava(shape: Shape):
+    """transformers' LlavaForConditionalGeneration at `shape`: CLIP (SigLIP-B/16 at 224 px for the H100 shape)
+    tower of the same width, depth and patching, the same Llama LM, image token = the last id of the vocabulary."""
     from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
                               SiglipVisionConfig)
+    image_size, patch_size = (224, 16) if shape.siglip else (shape.vision["image_size"], shape.vision["patch_size"])
     if shape.siglip:  # SigLIP-B/16: 768 wide, 12 layers, 12 heads, MLP 3072, no CLS token; no pooling head
         vision = SiglipVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                     num_attention_heads=12, image_size=image_size, patch_size=patch_size,

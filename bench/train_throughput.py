@@ -68,9 +68,8 @@ def build_contender(kind: str, shape: P.Shape, device: torch.device, batch_size:
     own `gradient_checkpointing_enable`). The weights are initialised on `device` (much faster on a GPU); the
     batch is built on the CPU."""
     if kind == P.PEER:
-        image_size, patch = (224, 16) if shape.siglip else (shape.vision["image_size"], shape.vision["patch_size"])
         with device:
-            model = P.build_llava(shape, image_size, patch)
+            model = P.build_llava(shape)
         batch = P.llava_batch(model, shape, batch_size)
         image_tokens = int((batch["input_ids"][0] == model.config.image_token_index).sum())
         flops = P.llava_flops(model, shape, batch["input_ids"].shape[1], image_tokens)
@@ -284,9 +283,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--key", default="", help="the key in --json (default: train/SHAPE[/compiled])")
     ap.add_argument("--memory-probe", default="", help=argparse.SUPPRESS)  # internal: one model's CPU memory
     args = ap.parse_args(argv)
-    args.connectors = P.CONNECTORS if args.connector == "both" else (args.connector,)
-    if any(k not in P.CONNECTORS for k in args.connectors):
-        raise ValueError(f"--connector {args.connector!r} is unknown; choose attention_pool_2x2, mlp or both")
+    args.connectors = P.parse_connectors(args.connector)
     if args.dtype not in ("auto", "fp32", "bf16"):
         raise ValueError(f"--dtype {args.dtype!r} is unknown; choose fp32, bf16 or auto")
     args.command = "python bench/train_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])

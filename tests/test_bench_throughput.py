@@ -23,7 +23,7 @@ TINY = P.get_shape("tiny")
 
 def test_molmini_mlp_and_llava_have_equal_shape_and_answer_only_labels():
     mlp, pooled = P.build_molmini(TINY, "mlp"), P.build_molmini(TINY, "attention_pool_2x2")
-    llava = P.build_llava(TINY, TINY.vision["image_size"], TINY.vision["patch_size"])
+    llava = P.build_llava(TINY)
     assert P.count_params(mlp) == P.count_params(llava)  # same tower, projector and LM, tied heads
     patches = (TINY.vision["image_size"] // TINY.vision["patch_size"]) ** 2
     for model, batch, image_tokens in [(mlp, P.molmini_batch(mlp, TINY, 3), patches),
