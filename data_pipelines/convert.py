@@ -28,14 +28,12 @@ from data_pipelines.report import ConversionStats
 from data_pipelines.shards import ShardWriter, atomic_output_dir
 from molmini.records import Record
 
-from .sources.llava import DEFAULT_CAPTION_PROMPT, LLAVA_ROLES, convert_captions, convert_llava
-from .sources.rows import BadRow, KeyMaker, checked_image_bytes, make_record, read_image_file, struct_image
-from .sources.tables import convert_cauldron, convert_chartqa, convert_pixmo_docs, iter_table_rows, table_files
+from .sources.llava import convert_captions, convert_llava
+from .sources.rows import checked_image_bytes
+from .sources.tables import convert_cauldron, convert_chartqa, convert_pixmo_docs
 
-__all__ = ["CONVERTERS", "DEFAULT_CAPTION_PROMPT", "LLAVA_ROLES", "BadRow", "ConversionStats", "KeyMaker",
-           "checked_image_bytes", "convert", "convert_captions", "convert_cauldron", "convert_chartqa",
-           "convert_llava", "convert_pixmo_docs", "iter_table_rows", "make_record", "read_image_file",
-           "struct_image", "table_files", "write_shards"]
+__all__ = ["CONVERTERS", "ConversionStats", "checked_image_bytes", "convert", "convert_captions", "convert_cauldron",
+           "convert_chartqa", "convert_llava", "convert_pixmo_docs", "write_shards"]
 
 CONVERTER_VERSION = "1"
 CONVERTERS: dict[str, Callable[..., Iterator[Record]]] = {

@@ -40,12 +40,10 @@ from pathlib import Path
 
 from molmini.dataset_layouts import CHARTQA_LAYOUTS, DOCUMENT_QA_LAYOUTS, TEXTVQA_LAYOUTS
 
-from .items import PROMPT_TEMPLATES, Benchmark, BenchmarkItem, BenchmarkSpec, PromptTemplate, parquet_files, undecodable
-from .readers import (JSONL_EXAMPLE, read_ai2d, read_answers_list, read_chartqa, read_jsonl, read_synthetic,
-                      record_qa, write_jsonl)
+from .items import Benchmark, BenchmarkItem, BenchmarkSpec, parquet_files, undecodable
+from .readers import JSONL_EXAMPLE, read_ai2d, read_answers_list, read_chartqa, read_jsonl, read_synthetic, write_jsonl
 
-__all__ = ["BENCHMARKS", "PROMPT_TEMPLATES", "Benchmark", "BenchmarkItem", "BenchmarkSpec", "PromptTemplate",
-           "load_benchmark", "parquet_files", "record_qa", "undecodable", "write_jsonl"]
+__all__ = ["BENCHMARKS", "load_benchmark", "undecodable", "write_jsonl"]
 
 
 # ---- registry --------------------------------------------------------------------------------------------
