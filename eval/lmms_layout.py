@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .runner import cached_rows
+
 # molmini benchmark -> (lmms-eval task, its metric key, {molmini subset: the metric key of that split})
 LMMS_TASKS = {
     "chartqa": ("chartqa", "relaxed_overall", {"human": "relaxed_human_split", "augmented": "relaxed_augmented_split"}),
@@ -86,12 +88,8 @@ def _write_samples(path: Path, predictions: Path, cache_key: str, key: str) -> N
     """The model's rows of a predictions file of the run (written beside its results.json) as lmms-eval
     sample lines, one per item; a torn line (an interrupted run) is left out, as the run leaves it out."""
     lines, seen = [], set()
-    for line in predictions.read_text(encoding="utf-8").splitlines() if predictions.is_file() else []:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row.get("cache_key") != cache_key or row["item_id"] in seen:
+    for row in cached_rows(predictions, cache_key):
+        if row["item_id"] in seen:
             continue
         seen.add(row["item_id"])
         golds = row["golds"]

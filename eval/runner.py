@@ -22,7 +22,7 @@ import logging
 import re
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from molmini.progress import progress_bar
 
@@ -81,20 +81,24 @@ def predictions_path(out_dir: Path, adapter: ModelAdapter, benchmark: Benchmark)
     return out_dir / "predictions" / f"{_slug(adapter.name)}__{benchmark.spec.name}__{key}.jsonl"
 
 
+def cached_rows(path: Path, cache_key: str) -> Iterator[dict[str, Any]]:
+    """The rows of a predictions file (written by an earlier, maybe interrupted, run) that model `cache_key`
+    wrote, in order; a torn last line is ignored, and so is any line written for another model."""
+    if not path.is_file():
+        return
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            log.warning("%s: ignoring an unreadable line (an interrupted write)", path)
+            continue
+        if row.get("cache_key") == cache_key:
+            yield row
+
+
 def read_cached_predictions(path: Path, cache_key: str) -> dict[str, str]:
-    """item id -> raw prediction, from a predictions file written by an earlier (maybe interrupted) run;
-    a torn last line is ignored, and so is any line written for another model."""
-    cached: dict[str, str] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                log.warning("%s: ignoring an unreadable line (an interrupted write)", path)
-                continue
-            if row.get("cache_key") == cache_key:
-                cached[row["item_id"]] = row["prediction"]
-    return cached
+    """item id -> raw prediction (the last one written for an item)."""
+    return {row["item_id"]: row["prediction"] for row in cached_rows(path, cache_key)}
 
 
 # ---- running ---------------------------------------------------------------------------------------------
