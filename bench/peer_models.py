@@ -131,7 +131,7 @@ def build_llava(shape: Shape):
 
 
 def count_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
+    return sum(p.numel() for p in module.parameters())  # parameters() yields a tied weight once
 
 
 def random_images(n: int, size: int, seed: int) -> list[Image.Image]:

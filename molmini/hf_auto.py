@@ -31,16 +31,15 @@ try:  # transformers 5 names it PreTrainedConfig, 4.x PretrainedConfig (both exi
 except ImportError:  # pragma: no cover - transformers 4.x
     from transformers import PretrainedConfig as PreTrainedConfig
 
-from .hf_auto_processor import MolminiTransformersProcessor
+from .hf_auto_processor import AUTO_LOADER_ARGUMENTS, MolminiTransformersProcessor
 from .hf_files import MODEL_TYPE
 from .hub import CHECKPOINT_FILES, resolve_checkpoint
 from .model import MolminiModel
 
 # What transformers' loaders pass along that has no meaning for a molmini checkpoint (a single safetensors
 # file, loaded on one device, with the LM attention its config names).
-LOADER_ARGUMENTS_WITHOUT_EFFECT = {"_from_auto", "trust_remote_code", "adapter_kwargs", "code_revision", "_commit_hash",
-                                   "force_download", "local_files_only", "proxies", "use_safetensors",
-                                   "low_cpu_mem_usage", "attn_implementation"}
+LOADER_ARGUMENTS_WITHOUT_EFFECT = AUTO_LOADER_ARGUMENTS | {"adapter_kwargs", "use_safetensors", "low_cpu_mem_usage",
+                                                           "attn_implementation"}
 
 
 class MolminiConfig(PreTrainedConfig):

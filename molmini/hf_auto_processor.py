@@ -18,8 +18,10 @@ from .records import IMAGE_MARKER
 
 PROCESSOR_FILES = [PROCESSOR_CONFIG, "tokenizer_config.json", "tokenizer.json"]
 # What AutoProcessor passes along that has no meaning for molmini's processor.
-LOADER_ARGUMENTS_WITHOUT_EFFECT = {"_from_auto", "trust_remote_code", "code_revision", "_commit_hash",
-                                   "force_download", "local_files_only", "proxies", "use_fast"}
+# what transformers' Auto classes pass to any remote-code loader, to which molmini's loading gives no meaning
+AUTO_LOADER_ARGUMENTS = {"_from_auto", "trust_remote_code", "code_revision", "_commit_hash", "force_download",
+                         "local_files_only", "proxies"}
+LOADER_ARGUMENTS_WITHOUT_EFFECT = AUTO_LOADER_ARGUMENTS | {"use_fast"}
 
 
 class MolminiTransformersProcessor(MolminiProcessor):
