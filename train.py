@@ -26,7 +26,7 @@ SYNTH_GENERATORS = ("charts", "tables", "documents", "words")
 def prepare_data(cfg: Config) -> None:
     """Synthesize the train and held-out splits where configured: reused when a folder holds exactly that
     set, written when it is empty or missing; a folder holding anything else is an error, never replaced."""
-    from molmini.shard_reader import find_shards
+    from molmini.data.reader import find_shards
     synth = cfg.data.synth
     if synth is not None:
         if synth.generator not in SYNTH_GENERATORS:
@@ -57,7 +57,7 @@ def prepare_data(cfg: Config) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=None, help="YAML config (default: configs/default.yaml); a relative "
-                    "configs/... path that is not here names the config molmini ships (molmini/shipped_configs.py)")
+                    "configs/... path that is not here names the config molmini ships (molmini/config/shipped.py)")
     ap.add_argument("--print-config", action="store_true",
                     help="print the resolved config (YAML, after the preset and overrides) and the model's parameters "
                          "per component, trainable and frozen in this stage; build nothing else, write nothing")
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def resolved_config(args: argparse.Namespace) -> Config:
-    from molmini.shipped_configs import default_config, resolve_config
+    from molmini.config.shipped import default_config, resolve_config
     return load_config(resolve_config(args.config) if args.config else default_config(), args.overrides)
 
 
@@ -85,7 +85,7 @@ def print_config(args: argparse.Namespace) -> int:
     prepared, no run folder written, no pretrained weights fetched."""
     import yaml
 
-    from molmini.model_summary import format_counts, stage_parameter_counts
+    from molmini.train.summary import format_counts, stage_parameter_counts
     cfg = resolved_config(args)
     counts = stage_parameter_counts(cfg)  # with train.init_from, cfg.model becomes the checkpoint's
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
@@ -96,12 +96,11 @@ def print_config(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from accelerate.utils import broadcast_object_list
 
-    from molmini.checkpointing import check_run_folder, move_run_aside
-    from molmini.hub import write_model_card
-    from molmini.model import MolminiModel
-    from molmini.accelerator import make_accelerator
+    from molmini.model.interface import load_trained
     from molmini.progress import logs_around_bars
-    from molmini.training import NonFiniteLossError, train
+    from molmini.train.accelerator import make_accelerator
+    from molmini.train.checkpointing import check_run_folder, move_run_aside
+    from molmini.train.loop import NonFiniteLossError, train
     cfg = resolved_config(args)
     if args.resume == "auto" and not cfg.train.run_name:
         raise ConfigError("--resume auto continues the run folder named by train.run_name; pass "
@@ -130,19 +129,16 @@ def run(args: argparse.Namespace) -> int:
     if accelerator.is_main_process and not args.no_eval:
         from eval.heldout import evaluate, format_table, write_heldout_report
         checkpoint = run_dir / "checkpoint"
-        card = write_model_card
-        if cfg.model.hf_vlm:  # the family's own folder, and its own model card
-            from molmini.hf_vlm import HFVisionLanguageModel, resolve_hf_vlm, write_hf_model_card
-            model = HFVisionLanguageModel.from_pretrained(str(checkpoint), max_length=cfg.data.max_length)
-            model.source, card = resolve_hf_vlm(cfg.model.hf_vlm), write_hf_model_card
-        else:
-            model = MolminiModel.from_pretrained(checkpoint)
+        model = load_trained(checkpoint, max_length=cfg.data.max_length)
+        if cfg.model.hf_vlm:  # the model card names the pretrained model the fine-tune started from
+            from molmini.model.transformers_vlm import resolve_hf_vlm
+            model.source = resolve_hf_vlm(cfg.model.hf_vlm)
         results, rows = evaluate(model, cfg.data.test_dir, cfg.data.train_dir, batch_size=cfg.eval.batch_size,
                                  max_new_tokens=cfg.eval.max_new_tokens, max_items=cfg.eval.max_items,
                                  model_path=str(checkpoint))
         results["checkpoint"] = str(checkpoint)
         write_heldout_report(run_dir, results, rows)
-        card(checkpoint, model, eval_results=results, training=summary)
+        model.write_model_card(checkpoint, eval_results=results, training=summary)
         print(format_table(results))
     if accelerator.is_main_process:
         print(f"run folder: {run_dir}  (checkpoint: {run_dir / 'checkpoint'})")

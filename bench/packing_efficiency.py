@@ -5,7 +5,7 @@ batch takes, for real shards through the real processor (the default config's mo
         [--max-length 256] [overrides ...]
 
 Each batch is `batch_size` records in the stream's order, laid out one per row (padded to the longest)
-or packed first-fit decreasing into rows of `--max-length` (molmini/packing.py). No model runs.
+or packed first-fit decreasing into rows of `--max-length` (molmini/data/packing.py). No model runs.
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from molmini.config import load_config  # noqa: E402
-from molmini.formatter import training_transform  # noqa: E402
-from molmini.packing import pack_rows, padding_fraction  # noqa: E402
-from molmini.processor import MolminiProcessor  # noqa: E402
-from molmini.shard_reader import find_shards, read_records  # noqa: E402
+from molmini.data.formatter import training_transform  # noqa: E402
+from molmini.data.packing import pack_rows, padding_fraction  # noqa: E402
+from molmini.data.processor import MolminiProcessor  # noqa: E402
+from molmini.data.reader import find_shards, read_records  # noqa: E402
 
 
 def main() -> None:
@@ -33,8 +33,8 @@ def main() -> None:
     ap.add_argument("--json", default="", help="also write the figures to this file")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. model.image.max_crops=4")
     args = ap.parse_args()
-    from molmini.model import MolminiModel
-    from molmini.tokenizer import build_tokenizer
+    from molmini.data.tokenizer import build_tokenizer
+    from molmini.model.vlm import MolminiModel
     cfg = load_config(None, [f"data.train_dir={args.shards}", f"data.max_length={args.max_length}", *args.overrides])
     shards = find_shards(args.shards)
     tokenizer = build_tokenizer(cfg, shards)

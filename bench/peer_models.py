@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from molmini import tokenizer as T  # noqa: E402
 from molmini.config import load_config  # noqa: E402
-from molmini.loss import IGNORE_INDEX  # noqa: E402
-from molmini.model_summary import stand_in_tokenizer  # noqa: E402
+from molmini.data.tokenizer import SPECIAL_TOKENS  # noqa: E402
+from molmini.model.loss import IGNORE_INDEX  # noqa: E402
+from molmini.train.summary import stand_in_tokenizer  # noqa: E402
 
 CONNECTORS = ("attention_pool_2x2", "mlp")
 PEER = "llava"
@@ -92,7 +92,7 @@ def shape_dict(shape: Shape) -> dict[str, Any]:
 
 def build_molmini(shape: Shape, connector: str):
     """molmini's MolminiModel at `shape` with the given connector, in training mode."""
-    from molmini.model import MolminiModel
+    from molmini.model.vlm import MolminiModel
     if connector not in CONNECTORS:
         raise ValueError(f"--connector {connector!r} is unknown; choose from {', '.join(CONNECTORS)}")
     lm = {"model_type": "llama", **shape.lm, "max_position_embeddings": 2048, "tie_word_embeddings": True}
@@ -141,7 +141,7 @@ def random_images(n: int, size: int, seed: int) -> list[Image.Image]:
 
 def _text(rng: np.random.Generator, n: int, vocab: int) -> list[int]:
     # ordinary words only: past molmini's special tokens, below LLaVA's image token
-    return rng.integers(len(T.SPECIAL_TOKENS), vocab - 1, n).tolist()
+    return rng.integers(len(SPECIAL_TOKENS), vocab - 1, n).tolist()
 
 
 def molmini_batch(model, shape: Shape, batch: int, seed: int = 0, prompt_only: bool = False) -> dict[str, Any]:

@@ -22,9 +22,9 @@ import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from molmini.records import Record  # noqa: E402
-from molmini.processor import MolminiProcessor, ProcessorConfig  # noqa: E402
-from molmini.tokenizer import train_bpe_tokenizer  # noqa: E402
+from molmini.data.processor import MolminiProcessor, ProcessorConfig  # noqa: E402
+from molmini.data.records import Record  # noqa: E402
+from molmini.data.tokenizer import train_bpe_tokenizer  # noqa: E402
 
 
 def chart_png(width: int, height: int, seed: int) -> bytes:

@@ -26,7 +26,7 @@ import httpx
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parent.parent
-# tests/conftest.py's tiny model: a 32 px, 2-layer tower and a 2-layer, 64-wide llama.
+# tests/helpers/__init__.py's tiny model: a 32 px, 2-layer tower and a 2-layer, 64-wide llama.
 TINY_OVERRIDES = [
     "model.vision.vision_cfg={image_size: 32, patch_size: 8, width: 64, layers: 2, head_width: 32}",
     "model.lm.config={model_type: llama, hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 2, "
@@ -40,8 +40,8 @@ def tiny_checkpoint(folder: Path) -> Path:
     import torch
 
     from molmini.config import load_config
-    from molmini.model import MolminiModel
-    from molmini.tokenizer import train_bpe_tokenizer
+    from molmini.data.tokenizer import train_bpe_tokenizer
+    from molmini.model.vlm import MolminiModel
 
     texts = [f"What colour are the bars? {c} How many bars are there? {n}" for c in ("red", "blue") for n in range(9)]
     torch.manual_seed(0)

@@ -31,8 +31,8 @@ import torch  # noqa: E402
 from data_pipelines.shards import ShardWriter  # noqa: E402
 from data_pipelines.synth import charts, documents, tables, varied_charts  # noqa: E402
 from data_pipelines.synth.fast_charts import render_chart_direct  # noqa: E402
-from molmini.shard_reader import find_shards  # noqa: E402
-from molmini.stream import ShardStream
+from molmini.data.reader import find_shards  # noqa: E402
+from molmini.data.stream import ShardStream
 
 
 def specs_of(kind: str, n: int) -> list[charts.ChartSpec]:
@@ -145,11 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.stream_records):
                 writer.write(charts.record_for_index(0, "bench", i, 128))
         # What training reads: the record through the processor of the default run (global view at 128 px,
-        # 16 px patches, 2x2 pooling windows, chat turns tokenized, labels), as molmini.training does it.
-        from molmini.processor import MolminiProcessor, ProcessorConfig
-        from molmini.tokenizer import train_bpe_tokenizer
-        from molmini.formatter import training_transform
-        from molmini.tokenizer import iter_shard_texts
+        # 16 px patches, 2x2 pooling windows, chat turns tokenized, labels), as molmini.train.loop does it.
+        from molmini.data.formatter import training_transform
+        from molmini.data.processor import MolminiProcessor, ProcessorConfig
+        from molmini.data.tokenizer import iter_shard_texts, train_bpe_tokenizer
         tokenizer = train_bpe_tokenizer(iter_shard_texts(find_shards(tmp)), vocab_size=1024)
         processor = MolminiProcessor(tokenizer, ProcessorConfig(image_size=128, patch_size=16, pool=2,
                                                                 image_mean=(0.48, 0.46, 0.41), image_std=(0.27, 0.26, 0.28)))

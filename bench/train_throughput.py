@@ -7,7 +7,7 @@
 One process builds molmini with each connector asked for and LLaVA (bench/peer_models.py), then runs their
 training steps in turn, one step each per round with the order rotating, so load from other work on the
 machine hits all alike. A step is what each trains with: molmini's `model(**batch, return_logits=False)` with
-the answer-only loss (molmini/loss.py), LLaVA's own forward with labels (full logits); then backward, gradient
+the answer-only loss (molmini/model/loss.py), LLaVA's own forward with labels (full logits); then backward, gradient
 clipping to 1.0 and AdamW. Figures: samples/s and LM tokens/s from the median step, peak memory, the ratio to
 LLaVA (of medians, and the median of each round's ratio: steps seconds apart share the machine's load), and on a
 GPU MFU (FLOPs as ../shared/reference/peer_throughput.md counts them, bench/peer_models.py).
@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peer_models as P  # noqa: E402
 from results_file import load_average, machine, merge_into  # noqa: E402
 
-from molmini.cost import peak_flops, training_flops  # noqa: E402
 from molmini.errors import run_reporting_errors  # noqa: E402
-from molmini.stages import enable_gradient_checkpointing, enable_transformers_checkpointing  # noqa: E402
+from molmini.model.language_model import enable_transformers_checkpointing  # noqa: E402
+from molmini.train.cost import peak_flops, training_flops  # noqa: E402
 
 
 @dataclass
@@ -81,7 +81,7 @@ def build_contender(kind: str, shape: P.Shape, device: torch.device, batch_size:
         flops = P.molmini_flops(model, shape, batch["input_ids"].shape[1], image_tokens)
     model.to(device)
     if checkpointing:
-        (enable_transformers_checkpointing if kind == P.PEER else enable_gradient_checkpointing)(model)
+        enable_transformers_checkpointing(model) if kind == P.PEER else model.enable_gradient_checkpointing()
     if compile_backend:
         model.compile(backend=compile_backend)
     fused = {"fused": True} if device.type == "cuda" else {}
@@ -152,7 +152,7 @@ def memory_probe(shape: P.Shape, kind: str, batch_size: int, steps: int, checkpo
     # Both models' code is imported before the baseline, so neither's import counts as its memory.
     from transformers import CLIPVisionModel, LlamaForCausalLM, LlavaForConditionalGeneration  # noqa: F401
 
-    from molmini.model import MolminiModel  # noqa: F401
+    from molmini.model.vlm import MolminiModel  # noqa: F401
     gc.collect()
     before_model = _proc_kib("VmRSS")
     c = build_contender(kind, shape, torch.device("cpu"), batch_size, checkpointing=checkpointing)

@@ -127,7 +127,7 @@ def _run_curate(args: argparse.Namespace) -> int:
     from data_pipelines.convert import write_shards
     from data_pipelines.curate import curate, load_eval_set, standard_filters, write_report
     from data_pipelines.shards import read_manifest
-    from molmini.shard_reader import BadRecords, find_shards, read_records
+    from molmini.data.reader import BadRecords, find_shards, read_records
 
     if Path(args.input).resolve() == Path(args.out).resolve():
         raise SystemExit(f"--out must differ from --input ({args.input}): writing removes the folder's shards")

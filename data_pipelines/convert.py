@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from data_pipelines.report import ConversionStats
 from data_pipelines.shards import ShardWriter, atomic_output_dir
-from molmini.records import Record
+from molmini.data.records import Record
 
 from .sources.llava import convert_captions, convert_llava
 from .sources.rows import checked_image_bytes

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
-from molmini.records import Record
 from data_pipelines.decontaminate import EvalImageOverlap, EvalQAOverlap, EvalSet, load_eval_set, normalise_text
 from data_pipelines.dedup import ExactDuplicates, HammingIndex, NearDuplicates
 from data_pipelines.filters import (DEFAULT_HASH_THRESHOLD, HASH_BITS, HASH_SIZE, AnswerLength, EmptyOrGarbledText,
                                     Filter, MaxAspectRatio, MinImageSize, RepeatedNgrams, answers, garbled_fraction,
                                     image_size, perceptual_hash, repeated_ngram)
 from data_pipelines.report import CurationReport, FilterResult, write_report
+from molmini.data.records import Record
 
 # The filters and helpers live in filters.py, dedup.py and decontaminate.py; they are importable from here
 # too, as the curation API.

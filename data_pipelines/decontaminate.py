@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from molmini.records import IMAGE_MARKER, Record, strip_image_marker
-from molmini.shard_reader import BadRecords, find_shards, read_records
 from data_pipelines.dedup import HammingIndex
 from data_pipelines.filters import DEFAULT_HASH_THRESHOLD, Filter, _phash_or_reason
+from molmini.data.reader import BadRecords, find_shards, read_records
+from molmini.data.records import IMAGE_MARKER, Record, strip_image_marker
 
 
 def normalise_text(text: str) -> str:

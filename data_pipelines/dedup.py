@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hashlib
 
-from molmini.records import Record
 from data_pipelines.filters import DEFAULT_HASH_THRESHOLD, HASH_BITS, Filter, _phash_or_reason
+from molmini.data.records import Record
 
 
 class HammingIndex:

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import imagehash
 from PIL import Image
 
-from molmini.records import Record, strip_image_marker
+from molmini.data.records import Record, strip_image_marker
 
 # imagehash.phash with hash_size=16: 256 bits. The usual 64-bit hash cannot tell copies from different
 # charts: on the synthetic charts, re-encoded or rescaled copies differ by <= 4 of 64 bits, but so do some

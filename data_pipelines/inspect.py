@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from molmini.records import Record, RecordError
-from molmini.shard_reader import BadRecords, Skip, find_shards, read_records
+from molmini.data.reader import BadRecords, Skip, find_shards, read_records
+from molmini.data.records import Record, RecordError
 
 LINE_HEIGHT = 12
 CHARS_PER_LINE = 34

@@ -19,9 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from molmini.data.reader import find_shards
+from molmini.data.records import Record
 from molmini.progress import progress_bar
-from molmini.records import Record
-from molmini.shard_reader import find_shards
 
 MANIFEST_NAME = "manifest.json"
 SHARD_PATTERN = "shard-%06d.tar"

@@ -40,14 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         return report_command(args)
 
-    from molmini.model import MolminiModel
+    from molmini.model.vlm import MolminiModel
     from molmini.progress import logs_around_bars
 
     from .heldout import evaluate, format_table, write_heldout_report
     from .models import is_hf_folder
     try:
         if is_hf_folder(args.model):  # a transformers VLM (one fine-tuned with model.hf_vlm): asked as it was trained
-            from molmini.hf_vlm import HFVisionLanguageModel
+            from molmini.model.transformers_vlm import HFVisionLanguageModel
             model = HFVisionLanguageModel.from_pretrained(args.model, device=args.device)
         else:
             model = MolminiModel.from_pretrained(args.model, device=args.device)

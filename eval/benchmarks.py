@@ -17,7 +17,7 @@ missing folder's error prints the exact command. Parquet files are found where t
 (`data/`, or the config's folder for DocVQA/InfoVQA) or directly in the folder; image columns are the
 `datasets` Image struct {bytes, path}.
 
-ChartQA, DocVQA and InfoVQA are read in each of their common layouts (molmini/dataset_layouts.py), found
+ChartQA, DocVQA and InfoVQA are read in each of their common layouts (molmini/data/layouts.py), found
 from each file's columns: ChartQA as lmms-lab/ChartQA or HuggingFaceM4/ChartQA (`query`, `label`,
 `human_or_machine`, whose human/machine questions are the human/augmented subsets), DocVQA and InfoVQA
 as lmms-lab/DocVQA or HuggingFaceM4/DocumentVQA (`questionId`) or pixparse's copy (`question_id`). The
@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from molmini.dataset_layouts import CHARTQA_LAYOUTS, DOCUMENT_QA_LAYOUTS, TEXTVQA_LAYOUTS
+from molmini.data.layouts import CHARTQA_LAYOUTS, DOCUMENT_QA_LAYOUTS, TEXTVQA_LAYOUTS
 
 from .items import Benchmark, BenchmarkItem, BenchmarkSpec, parquet_files, undecodable
 from .readers import JSONL_EXAMPLE, read_ai2d, read_answers_list, read_chartqa, read_jsonl, read_synthetic, write_jsonl
@@ -90,7 +90,7 @@ def load_benchmark(name: str, path: str | Path | None = None, prompt_template: s
     if spec.dataset_id:
         parquet_files(spec, path)
     elif spec.name == "synthetic":
-        from molmini.shard_reader import find_shards
+        from molmini.data.reader import find_shards
         find_shards(path)
     elif not path.is_file():
         raise FileNotFoundError(f"jsonl benchmark file {str(path)!r} does not exist; write one JSON object per "

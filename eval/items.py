@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 
 from PIL import Image
 
-from molmini.dataset_layouts import Layout, detect_layout
+from molmini.data.layouts import Layout, detect_layout
 
 from .metrics import METRICS, option_letters
 
@@ -102,7 +102,7 @@ class BenchmarkSpec:
     split: str = ""
     include: str = ""                  # where the split's parquet files sit in the dataset repo
     variant: str = ""                  # AI2D: "mask" or "no_mask"
-    layouts: tuple[Layout, ...] = ()   # the column layouts it is read in (molmini/dataset_layouts.py)
+    layouts: tuple[Layout, ...] = ()   # the column layouts it is read in (molmini/data/layouts.py)
     one_image: bool = True             # synthetic shards: skip records with other than one image (the held-out
                                        # report keeps them: molmini's models take any number)
 

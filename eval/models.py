@@ -98,7 +98,7 @@ class MolminiAdapter(ModelAdapter):
     kind = "molmini"
 
     def __init__(self, name_or_path: str, batch_size: int = 32, device: str = "cpu", model=None):
-        from molmini.model import MolminiModel
+        from molmini.model.vlm import MolminiModel
 
         self.model = model if model is not None else MolminiModel.from_pretrained(name_or_path, device=device)
         self.batch_size = batch_size
@@ -135,12 +135,12 @@ class TextOnlyAdapter(MolminiAdapter):
 
 class HFVisionLanguageAdapter(ModelAdapter):
     """A Hugging Face image-text-to-text model with its own processor and chat template, asked exactly as
-    molmini fine-tunes one (molmini.hf_vlm): one user turn, image first, left-padded batches decoded past
+    molmini fine-tunes one (molmini.model.transformers_vlm): one user turn, image first, left-padded batches decoded past
     the prompt."""
     kind = "baseline"
 
     def __init__(self, name_or_path: str, batch_size: int = 8, device: str = "cpu", model=None):
-        from molmini.hf_vlm import HFVisionLanguageModel
+        from molmini.model.transformers_vlm import HFVisionLanguageModel
 
         if model is None:
             model = HFVisionLanguageModel.from_pretrained(name_or_path, dtype="auto" if device != "cpu" else None,
@@ -156,7 +156,7 @@ class HFVisionLanguageAdapter(ModelAdapter):
             self.kind = "molmini"
 
     def format_prompt(self, prompt: str) -> str:
-        from molmini.hf_vlm import format_prompt
+        from molmini.model.transformers_vlm import format_prompt
         return format_prompt(self.processor, prompt)
 
     def generate(self, images, prompts, max_new_tokens):
@@ -211,7 +211,7 @@ def majority_answers(typed_answers: Iterable[tuple[str, str]]) -> tuple[dict[str
 
 
 def majority_from_shards(train_dir: str) -> tuple[dict[str, str], str]:
-    from molmini.shard_reader import find_shards, read_records
+    from molmini.data.reader import find_shards, read_records
 
     return majority_answers((question_type, answer) for record in read_records(find_shards(train_dir))
                             for _, _, answer, question_type in record_qa(record))
@@ -223,8 +223,8 @@ BASELINE_KINDS = ("majority", "text-only", "llava", "hf")
 
 
 def is_hf_folder(path: str) -> bool:
-    """A transformers checkpoint folder of another family (molmini.hub.is_transformers_folder)."""
-    from molmini.hub import is_transformers_folder
+    """A transformers checkpoint folder of another family (molmini.hub.checkpoint_files.is_transformers_folder)."""
+    from molmini.hub.checkpoint_files import is_transformers_folder
     return is_transformers_folder(path)
 
 
@@ -248,10 +248,8 @@ def build_adapter(spec: str, batch_size: int = 16, device: str = "cpu") -> Model
 
 
 def adapter_for(model, name_or_path: str, batch_size: int = 32) -> ModelAdapter:
-    """The adapter for a model loaded already (molmini's own, or a transformers VLM molmini fine-tuned),
-    which came from the folder `name_or_path`."""
-    from molmini.hf_vlm import HFVisionLanguageModel
-
-    if isinstance(model, HFVisionLanguageModel):
+    """The adapter for a model loaded already (a molmini.model.interface.VisionLanguageModel: molmini's own,
+    or a transformers VLM molmini fine-tuned), which came from the folder `name_or_path`."""
+    if model.family == "transformers":
         return HFVisionLanguageAdapter(name_or_path, batch_size, model=model)
     return MolminiAdapter(name_or_path, batch_size, model=model)

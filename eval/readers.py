@@ -1,5 +1,5 @@
 """How each source's rows become `BenchmarkItem`s: Hugging Face parquet files in their common layouts
-(molmini/dataset_layouts.py), molmini's synthetic shards, and a user's jsonl file (read and written).
+(molmini/data/layouts.py), molmini's synthetic shards, and a user's jsonl file (read and written).
 Each reader yields items and reports every row it leaves out through `skip`, once."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 from PIL import Image
 
-from molmini.dataset_layouts import QARow, detect_layout
+from molmini.data.layouts import QARow, detect_layout
 
 from .items import PROMPT_TEMPLATES, BenchmarkItem, BenchmarkSpec, SkipFn, parquet_files
 from .metrics import METRICS, answer_letter
@@ -111,7 +111,7 @@ def record_qa(record) -> Iterator[tuple[int, str, str, str]]:
 def read_synthetic(spec: BenchmarkSpec, folder: Path, skip: SkipFn) -> Iterator[BenchmarkItem]:
     """Every question/answer pair of every record, with all of the record's images; the subset is the
     record's meta.qa_types entry. With `spec.one_image` a record with other than one image is skipped."""
-    from molmini.shard_reader import BadRecords, find_shards, read_records
+    from molmini.data.reader import BadRecords, find_shards, read_records
 
     # Every bad record reaches `skip` once; a shard cut short counts as all the samples it is missing.
     bad = BadRecords(on_skip=lambda entry: skip(entry.where.rpartition("/")[2], entry.message, entry.count,

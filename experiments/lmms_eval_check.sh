@@ -21,7 +21,7 @@ STEPS=${STEPS:-150}
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 [ -x "$LMMS_VENV/bin/python" ] || { echo "error: $LMMS_VENV/bin/python is missing; build the venv (see the header)" >&2; exit 2; }
-"$LMMS_VENV/bin/python" -c "import lmms_eval, molmini.hf_auto" 2>/dev/null \
+"$LMMS_VENV/bin/python" -c "import lmms_eval, molmini.auto.classes" 2>/dev/null \
   || { echo "error: $LMMS_VENV lacks lmms_eval or molmini; pip install them there (see the header)" >&2; exit 2; }
 if [ -d "$WORK" ] && [ -n "$(ls -A "$WORK")" ] && [ ! -f "$WORK/.lmms-eval-check" ]; then
   echo "error: $WORK is not empty and was not written by this script; give an empty or new folder" >&2; exit 2
@@ -37,8 +37,8 @@ if [ ! -f "$WORK/chartqa/data/test-00000-of-00001.parquet" ]; then
   "$PY" - "$WORK/charts-src" "$WORK/chartqa/data/test-00000-of-00001.parquet" <<'EOF'
 import json, sys
 import pyarrow as pa, pyarrow.parquet as pq
-from molmini.records import strip_image_marker
-from molmini.shard_reader import find_shards, read_records
+from molmini.data.records import strip_image_marker
+from molmini.data.reader import find_shards, read_records
 rows = []
 for i, r in enumerate(read_records(find_shards(sys.argv[1]))):
     question, answer = strip_image_marker(r.messages[0]["content"]), r.messages[1]["content"]
@@ -63,7 +63,7 @@ if [ -z "$CKPT" ]; then
     data.train_dir="$WORK/data/train" data.test_dir="$WORK/data/test"
 fi
 if ! grep -q auto_map "$CKPT/config.json"; then
-  "$PY" -c "import sys; from molmini.model import MolminiModel; MolminiModel.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2])" \
+  "$PY" -c "import sys; from molmini.model.vlm import MolminiModel; MolminiModel.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2])" \
     "$CKPT" "$WORK/ckpt"
   CKPT="$WORK/ckpt"
 fi
@@ -131,7 +131,7 @@ PY
 import glob, io, json, sys
 import pyarrow.parquet as pq, torch
 from PIL import Image
-from molmini.model import MolminiModel
+from molmini.model.vlm import MolminiModel
 work, out, ckpt, post = sys.argv[1:5]
 rows = pq.read_table(f"{work}/chartqa/data/test-00000-of-00001.parquet").to_pylist()
 images = [Image.open(io.BytesIO(r["image"]["bytes"])).convert("RGB") for r in rows]

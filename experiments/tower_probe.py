@@ -1,7 +1,7 @@
 """Can a vision tower trained from scratch read one word? The tower alone, with a direct loss.
 
-The recipe study's models do not read (README, "Recipe study"). This probe takes the language model out
-of the question: the tower of the default run (`molmini.vision.VisionTower`, random init) and a linear
+The recipe study's models do not read (docs/recipe-study.md). This probe takes the language model out
+of the question: the tower of the default run (`molmini.model.vision.VisionTower`, random init) and a linear
 head are trained with cross-entropy to name the one word printed on a 128 px canvas (the reading drills'
 renderer, data_pipelines/synth/words.py: 36 chart words, 16-24 px fonts, DejaVu Sans/Serif/Mono, a quarter
 slanted), then scored on 500 held-out images (chance 1/36 = 2.8%).
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data_pipelines.synth.words import WORDS, render_words  # noqa: E402
 from molmini.config import VisionConfig  # noqa: E402
-from molmini.vision import ConvStem, VisionTower  # noqa: E402
+from molmini.model.vision import ConvStem, VisionTower  # noqa: E402
 
 VISION_CFG = {"image_size": 128, "patch_size": 16, "width": 192, "layers": 4, "head_width": 48}  # the default
 STEM = [32, 64, 128]

@@ -8,8 +8,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = {"Config": "config", "ConfigError": "config", "load_config": "config", "Record": "records",
-            "RecordError": "records", "MolminiModel": "model", "MolminiProcessor": "processor"}
+_EXPORTS = {"Config": "config", "ConfigError": "config", "load_config": "config", "Record": "data.records",
+            "RecordError": "data.records", "MolminiModel": "model.vlm", "MolminiProcessor": "data.processor"}
 
 __all__ = list(_EXPORTS)
 __version__ = "0.1.0"

@@ -16,7 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-
 # Curves drawn by `plot`, each on its own panel when the log has it: (title, keys of train_log.jsonl).
 PANELS = [("loss per answer token", ["loss", "eval_loss"]), ("learning rate", ["lr_vision", "lr_connector", "lr_lm"]),
           ("gradient norm", ["grad_norm"]), ("throughput (samples/s)", ["samples_per_s"]),
@@ -25,7 +24,7 @@ PANELS = [("loss per answer token", ["loss", "eval_loss"]), ("learning rate", ["
 
 
 def read_log(run_dir: Path) -> list[dict]:
-    from .checkpointing import LOG_FILE, read_train_log
+    from molmini.train.checkpointing import LOG_FILE, read_train_log
     path = Path(run_dir) / LOG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: pass a run folder written by train.py (runs/<name>)")
@@ -70,9 +69,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .images import load_image
-    from .records import IMAGE_MARKER
-    from .model import MolminiModel
+    from molmini.data.images import load_image
+    from molmini.data.records import IMAGE_MARKER
+    from molmini.model.vlm import MolminiModel
     images = [load_image(source) for source in args.image]  # a bad one is an error naming it (exit 2)
     prompts = args.prompt
     if args.together:  # all images in one prompt, one <image> marker each
@@ -114,7 +113,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .hub import push_folder
+    from molmini.hub.publish import push_folder
     try:
         url = push_folder(Path(args.folder), args.repo_id, private=args.private or None)
     except FileNotFoundError as e:
@@ -125,9 +124,9 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve a checkpoint with OpenAI's chat-completions protocol (molmini/serve.py) until interrupted."""
-    from .serve import missing_server_packages, serve
-    from .serve_requests import Limits
+    """Serve a checkpoint with OpenAI's chat-completions protocol (molmini/serve/server.py) until interrupted."""
+    from molmini.serve.requests import Limits
+    from molmini.serve.server import missing_server_packages, serve
     missing = missing_server_packages()
     if missing:
         print(f"error: molmini serve needs {' and '.join(missing)}: pip install \"molmini[serve]\"", file=sys.stderr)
@@ -186,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true")
     push.set_defaults(func=cmd_push)
 
-    from .serve_requests import Limits  # light (no torch): the serve limits' defaults live there
+    from molmini.serve.requests import Limits  # light (no torch): the serve limits' defaults live there
     srv = sub.add_parser("serve", help="serve a checkpoint as an OpenAI-compatible chat-completions API",
                          description=cmd_serve.__doc__)
     srv.add_argument("--model", required=True, help="checkpoint folder (runs/NAME/checkpoint) or hub id owner/name")
@@ -214,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import run_reporting_errors
+    from molmini.errors import run_reporting_errors
     args = build_parser().parse_args(argv)
     return run_reporting_errors(lambda: args.func(args), debug=args.debug)
 

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from conftest import ROOT, png_bytes
 from data_pipelines.__main__ import main as pipelines
 from molmini.cli import main as molmini
+from tests.helpers import ROOT, png_bytes
 
 sys.path.insert(0, str(ROOT))
 import train  # noqa: E402

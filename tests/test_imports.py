@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT
+from tests.helpers import ROOT
 
 HEAVY = ("torch", "transformers", "open_clip", "webdataset")
 RUN_AND_REPORT = """
@@ -51,7 +51,7 @@ def test_data_commands_never_import_torch_transformers_or_open_clip(tmp_path):
 
 
 def test_import_molmini_loads_no_model_code_until_a_model_is_asked_for():
-    code = ("import sys, molmini, molmini.config, molmini.records\n"
+    code = ("import sys, molmini, molmini.config, molmini.data.records\n"
             "before = sorted(m for m in %r if m in sys.modules)\n"
             "molmini.MolminiModel\n"
             "after = sorted(m for m in %r if m in sys.modules)\n"

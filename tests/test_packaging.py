@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, synth_tiny_charts
 from molmini.config import load_config
+from tests.helpers import ROOT, synth_tiny_charts
+
+pytestmark = pytest.mark.slow  # end to end: the wheel built and installed into a fresh venv
 
 PACKAGES = ("molmini", "eval", "data_pipelines")
 BUILD_INPUTS = ("pyproject.toml", "README.md", "train.py", "configs", *PACKAGES)
@@ -102,7 +104,7 @@ def test_installed_commands_run_from_another_directory(venv, tmp_path):
 
 def test_a_configs_path_names_the_shipped_config_from_any_directory(tmp_path, monkeypatch):
     from molmini.config import ConfigError
-    from molmini.shipped_configs import resolve_config
+    from molmini.config.shipped import resolve_config
     monkeypatch.chdir(tmp_path)
     recipe = "configs/recipes/chart-reader-cpu.yaml"
     assert resolve_config(recipe).read_text() == (ROOT / recipe).read_text()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from data_pipelines.report import ConversionStats
-from molmini.records import IMAGE_MARKER, Record, strip_image_marker
+from molmini.data.records import IMAGE_MARKER, Record, strip_image_marker
 
 from .rows import (BadRow, KeyMaker, SourceRow, checked_messages, guarded_records, make_record, read_image_file,
                    rejected, row_messages)

@@ -1,5 +1,5 @@
 """Hugging Face datasets as parquet or arrow files, read batch by batch: the_cauldron, PixMo-Docs and
-ChartQA (either of its layouts, molmini/dataset_layouts.py)."""
+ChartQA (either of its layouts, molmini/data/layouts.py)."""
 from __future__ import annotations
 
 import os
@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from data_pipelines.report import ConversionStats
-from molmini.dataset_layouts import CHARTQA_LAYOUTS, Layout, QARow, detect_layout
-from molmini.records import Record
+from molmini.data.layouts import CHARTQA_LAYOUTS, Layout, QARow, detect_layout
+from molmini.data.records import Record
 
 from .rows import (BadRow, KeyMaker, SourceRow, guarded_records, image_digest, make_record, rejected, row_messages,
                    struct_image)
@@ -147,7 +147,7 @@ def _pixmo_docs_rows(path: str | os.PathLike, images_dir: str | os.PathLike | No
 def convert_chartqa(path: str | os.PathLike, images_dir: str | os.PathLike | None = None, *,
                     source: str = "chartqa", task: str = "chart_qa", group_by_image: bool = True,
                     stats: ConversionStats | None = None) -> Iterator[Record]:
-    """Records from ChartQA parquet in either of its layouts (molmini/dataset_layouts.py): HuggingFaceM4/ChartQA
+    """Records from ChartQA parquet in either of its layouts (molmini/data/layouts.py): HuggingFaceM4/ChartQA
     (`image`, `query`, `label`: list of answers, `human_or_machine`) or lmms-lab/ChartQA (`image`, `question`,
     `answer`, `type`). The first answer is the answer; meta keeps all of them and each question's subset
     ("human" or "augmented"). Rows with the same image bytes become one record unless `group_by_image` is

@@ -23,7 +23,7 @@ from data_pipelines.synth.chart_spec import (CHAR_WIDTH, CHART_KINDS, FIG_INCHES
                                              QUESTION_TYPES_BY_KIND, TICK_PT, TITLE_PT, TITLES, VALUE_PT, ChartSpec,
                                              make_questions, render_chart, sample_chart)
 from data_pipelines.synth.common import qa_messages  # noqa: E402
-from molmini.records import Record  # noqa: E402
+from molmini.data.records import Record  # noqa: E402
 
 log = logging.getLogger(__name__)
 

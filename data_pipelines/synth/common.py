@@ -21,7 +21,7 @@ from typing import Any, Iterator
 from tqdm import tqdm
 
 from data_pipelines.shards import MANIFEST_NAME, ShardWriter, atomic_output_dir, read_manifest
-from molmini.records import IMAGE_MARKER, Record
+from molmini.data.records import IMAGE_MARKER, Record
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +173,8 @@ FONT_FAMILIES = ("sans", "serif", "mono")
 @functools.lru_cache(maxsize=256)
 def pil_font(family: str, size: int, bold: bool = False, italic: bool = False):
     """A TrueType font that ships with matplotlib (DejaVu), so every machine renders the same pixels."""
-    from PIL import ImageFont
     import matplotlib
+    from PIL import ImageFont
     path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / FONT_FILES[family, bold, italic]
     return ImageFont.truetype(str(path), size)
 
@@ -182,8 +182,9 @@ def pil_font(family: str, size: int, bold: bool = False, italic: bool = False):
 def encode_image(image, rng: random.Random | None = None, noise: bool = False) -> tuple[bytes, str]:
     """(bytes, extension) of an RGB image; with `noise`, a scan's defects drawn from rng: a slight skew,
     blur and JPEG artefacts (then the image is a JPEG)."""
-    from PIL import Image, ImageFilter
     import io
+
+    from PIL import Image, ImageFilter
     ext = "png"
     quality = None
     if noise and rng is not None:

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from data_pipelines.synth import names
 from data_pipelines.synth.common import FONT_FAMILIES, REFUSAL, encode_image, fmt_number, pil_font, qa_messages
-from molmini.records import Record
+from molmini.data.records import Record
 
 GENERATOR_NAME = "synth-tables"
 GENERATOR_VERSION = "1"

@@ -13,14 +13,14 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
+import numpy as np  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from data_pipelines.synth.chart_qa import ChartData, make_questions, sample_chart_data  # noqa: E402
 from data_pipelines.synth.common import qa_messages  # noqa: E402
-from molmini.records import Record  # noqa: E402
+from molmini.data.records import Record  # noqa: E402
 
 SOURCE = "synth-charts-full"
 TASK = "chart_qa"

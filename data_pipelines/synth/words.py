@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from data_pipelines.synth.charts import LABEL_THEMES, MAX_VALUE, MIN_VALUE, TITLES
 from data_pipelines.synth.common import FONT_FAMILIES, encode_image, pil_font, qa_messages
-from molmini.records import Record
+from molmini.data.records import Record
 
 GENERATOR_NAME = "synth-words"
 GENERATOR_VERSION = "1"

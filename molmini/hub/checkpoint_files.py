@@ -1,0 +1,97 @@
+"""What a molmini checkpoint folder holds, and where one is found: the files from_pretrained reads, the
+config.json keys transformers' Auto classes read (model_type, architectures, auto_map) with the thin
+remote-code files auto_map names, and resolving a folder or hub id to a local folder.
+
+Written by `MolminiModel.save_pretrained`; read back by molmini/auto/, which defines the classes named here.
+Kept apart from molmini/auto/ so that saving a model does not import the classes that wrap it (no cycle).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from molmini.data.processor import PROCESSOR_CONFIG
+
+# What a checkpoint folder holds for from_pretrained (the model card, README.md, is added for publishing).
+CHECKPOINT_FILES = ["config.json", "model.safetensors", "processor_config.json", "tokenizer_config.json",
+                    "tokenizer.json"]
+# The thin files transformers' Auto classes import with trust_remote_code=True (molmini/remote_code/, written by
+# save_pretrained); they name classes of the installed molmini package. A published checkpoint carries them.
+MODEL_TYPE = "molmini"  # config.json's model_type (none in checkpoints saved before they loaded in transformers)
+REMOTE_CODE_FILES = ["configuration_molmini.py", "modeling_molmini.py", "processing_molmini.py"]
+PUBLISHED_FILES = CHECKPOINT_FILES + REMOTE_CODE_FILES + ["README.md"]
+REMOTE_CODE_DIR = Path(__file__).parents[1] / "auto" / "remote_code"
+MODEL_AUTO_MAP = {"AutoConfig": "configuration_molmini.MolminiConfig",
+                  "AutoModelForImageTextToText": "modeling_molmini.MolminiForConditionalGeneration",
+                  # tools that load an unknown model_type with AutoModel (lmms-eval's "huggingface" model) get the
+                  # whole model too, as with other remote-code VLMs
+                  "AutoModel": "modeling_molmini.MolminiForConditionalGeneration",
+                  "AutoModelForVision2Seq": "modeling_molmini.MolminiForConditionalGeneration",  # transformers 4.x
+                  "AutoProcessor": "processing_molmini.MolminiTransformersProcessor"}
+ARCHITECTURE = "MolminiForConditionalGeneration"   # molmini/auto/classes.py
+PROCESSOR_CLASS = "MolminiTransformersProcessor"   # molmini/auto/processor.py
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` reads as a hub id (owner/name), not a path."""
+    return not name.startswith((".", "/")) and name.count("/") == 1
+
+
+def is_transformers_folder(folder: str | Path) -> bool:
+    """A transformers checkpoint of another family (one molmini fine-tuned with model.hf_vlm): its config.json
+    names a model_type other than molmini's. A config.json that is not JSON raises ValueError."""
+    config = Path(folder) / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("model_type") not in (None, MODEL_TYPE)
+
+
+def resolve_checkpoint(name_or_path: str | Path, required: list[str], revision: str | None = None,
+                       cache_dir: str | Path | None = None, token: str | bool | None = None,
+                       subfolder: str = "") -> Path:
+    """A local checkpoint folder, downloading `name_or_path` from the hub when it is not a folder here
+    (`revision`, `cache_dir` and `token` go to the download; HF_HUB_CACHE is the default cache); `subfolder`
+    names the checkpoint's folder inside that one, as transformers' loaders take it."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        if path.exists() or not is_hub_id(str(name_or_path)):
+            raise FileNotFoundError(f"checkpoint {str(name_or_path)!r} is neither a folder nor a hub id "
+                                    "(owner/name); pass the checkpoint folder a training run wrote")
+        from huggingface_hub import snapshot_download
+        try:
+            path = Path(snapshot_download(str(name_or_path), revision=revision, token=token,
+                                          endpoint=os.environ.get("HF_ENDPOINT") or None,
+                                          cache_dir=cache_dir or os.environ.get("HF_HUB_CACHE") or None))
+        except (OSError, ValueError) as e:  # not found, offline, no such repository: the hub's errors
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise FileNotFoundError(f"checkpoint {str(name_or_path)!r}: there is no such folder here, and as a hub "
+                                    f"id it could not be fetched ({reason}); pass the checkpoint folder a training "
+                                    "run wrote (runs/NAME/checkpoint) or an existing hub id") from e
+    path = path / subfolder if subfolder else path
+    for name in required:
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path / name} is missing: {path} is not a complete molmini checkpoint")
+    return path
+
+
+def transformers_config_fields(model) -> dict[str, Any]:
+    """The keys of a molmini config.json that transformers' Auto classes read."""
+    import transformers
+    dtype = next(model.parameters()).dtype
+    return {"model_type": MODEL_TYPE, "architectures": [ARCHITECTURE],
+            "auto_map": MODEL_AUTO_MAP, "dtype": str(dtype).removeprefix("torch."),
+            "transformers_version": transformers.__version__}
+
+
+def write_remote_code(folder: str | Path) -> None:
+    """Copy the thin remote-code files into a checkpoint folder and name the processor class (and its file) in
+    its processor_config.json, which is where AutoProcessor looks first."""
+    folder = Path(folder)
+    for name in REMOTE_CODE_FILES:
+        shutil.copyfile(REMOTE_CODE_DIR / name, folder / name)
+    path = folder / PROCESSOR_CONFIG
+    saved = json.loads(path.read_text())
+    saved.update(processor_class=PROCESSOR_CLASS,
+                 auto_map={"AutoProcessor": MODEL_AUTO_MAP["AutoProcessor"]})
+    path.write_text(json.dumps(saved, indent=2))

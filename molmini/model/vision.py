@@ -1,0 +1,114 @@
+"""The vision tower: any open_clip visual model, returning patch features from chosen layers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import open_clip
+import torch
+from torch import nn
+
+from molmini.config import VisionConfig
+
+# molmini's own open_clip configs (the tiny default tower) live beside this file.
+open_clip.add_model_config(Path(__file__).parent / "open_clip_configs")
+
+
+def _vision_cfg(cfg: VisionConfig) -> dict:
+    base = open_clip.get_model_config(cfg.model_name)
+    if base is None:
+        raise ValueError(f"vision.model_name {cfg.model_name!r} is not an open_clip model; "
+                         f"choose one of open_clip.list_models(), e.g. 'ViT-B-16-SigLIP' or 'molmini-vit'")
+    return {**base["vision_cfg"], **cfg.vision_cfg}
+
+
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each pixel of a [B, C, H, W] map: a patch's features never depend
+    on other patches' pixels (GroupNorm or BatchNorm would mix them, and the padding with them)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvStem(nn.Module):
+    """3x3 stride-2 convolutions (channel LayerNorm, GELU) through `channels`, then one convolution to
+    `width` covering the rest of the patch stride: [B, 3, H, W] -> [B, width, H / patch, W / patch], the
+    shape of the patchify convolution it replaces."""
+
+    def __init__(self, channels: list[int], width: int, patch_size: int):
+        super().__init__()
+        if 2 ** len(channels) > patch_size:
+            raise ValueError(f"vision.conv_stem has {len(channels)} stride-2 convolutions, which shrink the "
+                             f"image by {2 ** len(channels)}, more than the patch size {patch_size}; use at most "
+                             f"{max(patch_size.bit_length() - 1, 0)} entries")
+        if patch_size % 2 ** len(channels):
+            raise ValueError(f"vision.conv_stem: the patch size {patch_size} is not divisible by "
+                             f"2**{len(channels)}; use a power-of-two patch size or fewer stem entries")
+        layers, c_in = [], 3
+        for c in channels:
+            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False), ChannelNorm(c), nn.GELU()]
+            c_in = c
+        rest = patch_size // 2 ** len(channels)
+        layers.append(nn.Conv2d(c_in, width, kernel_size=rest, stride=rest))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class VisionTower(nn.Module):
+    """Wraps `open_clip.create_model(name, pretrained).visual`; `forward` gives [B, patches, dim] without CLS."""
+
+    def __init__(self, cfg: VisionConfig, load_pretrained: bool = True):
+        super().__init__()
+        if cfg.conv_stem and cfg.pretrained:
+            raise ValueError(f"vision.conv_stem replaces the patch embedding, so it cannot start from pretrained "
+                             f"weights (pretrained={cfg.pretrained!r}); set vision.conv_stem=[] or pretrained=''")
+        pretrained = cfg.pretrained if (load_pretrained and cfg.pretrained) else None
+        extra = {}
+        if pretrained is None:
+            # The text tower is thrown away: without weights to load, build it as small as it goes.
+            text_cfg = open_clip.get_model_config(cfg.model_name)["text_cfg"]
+            extra["text_cfg"] = {**text_cfg, "width": 32, "heads": 1, "layers": 1, "vocab_size": 16,
+                                 "context_length": 4, "mlp_ratio": 1}
+        # On torch's default device, so `with torch.device("meta")` builds shapes only (molmini/train/summary.py).
+        clip = open_clip.create_model(cfg.model_name, pretrained=pretrained, vision_cfg=_vision_cfg(cfg),
+                                      device=torch.get_default_device(), **extra)
+        self.visual = clip.visual
+        self.image_mean = tuple(clip.visual.preprocess_cfg["mean"])
+        self.image_std = tuple(clip.visual.preprocess_cfg["std"])
+        del clip  # the text tower is not used
+        size = self.visual.image_size
+        self.image_size = size[0] if isinstance(size, (tuple, list)) else size
+        # open_clip's own ViTs keep their blocks in transformer.resblocks; timm-backed towers (SigLIP, ...)
+        # wrap a timm ViT as `trunk`. Both give patch features through forward_intermediates.
+        trunk = getattr(self.visual, "trunk", None)
+        self.is_timm = trunk is not None
+        if self.is_timm:
+            if not hasattr(trunk, "blocks") or not hasattr(trunk, "forward_intermediates"):
+                raise ValueError(f"vision tower {cfg.model_name!r} wraps timm model {type(trunk).__name__}, "
+                                 "which is not a ViT with patch tokens; choose a ViT tower")
+            patch, n_blocks, width = trunk.patch_embed.patch_size, len(trunk.blocks), trunk.embed_dim
+        else:
+            patch, n_blocks = self.visual.patch_size, len(self.visual.transformer.resblocks)
+            width = self.visual.transformer.width
+        self.patch_size = patch[0] if isinstance(patch, (tuple, list)) else patch
+        if cfg.conv_stem:
+            if self.is_timm:
+                raise ValueError(f"vision.conv_stem replaces the patch embedding of an open_clip ViT; "
+                                 f"{cfg.model_name!r} is a timm tower; set vision.conv_stem=[]")
+            # open_clip's ViT embeds patches with `conv1` (a patch-sized, patch-strided convolution).
+            self.visual.conv1 = ConvStem(list(cfg.conv_stem), width, self.patch_size)
+        self.layers = sorted({l % n_blocks for l in cfg.feature_layers})
+        self.output_dim = width * len(self.layers)
+        # Blocks after the last feature layer, the final norm and the pooling head are never used: drop
+        # them, so they neither cost memory nor leave parameters without gradients under DDP.
+        if self.is_timm:
+            trunk.prune_intermediate_layers(self.layers, prune_norm=True, prune_head=True)
+            self.visual.head = nn.Identity()
+        else:
+            self.visual.prune_intermediate_layers(self.layers, prune_norm=True, prune_head=True)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.visual.forward_intermediates(pixel_values, indices=self.layers, stop_early=True,
+                                                intermediates_only=True, output_fmt="NLC")
+        return torch.cat(out["image_intermediates"], dim=-1)

@@ -1,0 +1,51 @@
+"""The record schema (molmini/data/records.py): a record survives the trip through a webdataset sample
+unchanged, and a sample that breaks the schema is refused naming the record, the field and the reason."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from molmini.data.records import Record, RecordError
+from tests.helpers import make_records, png_bytes
+
+
+def test_a_record_round_trips_through_its_sample_with_every_field():
+    one = make_records(1)[0]
+    two = Record(key="two-images", image=png_bytes("red"), extra_images=[(png_bytes("blue"), "png")],
+                 messages=[{"role": "user", "content": "<image><image>Which is red?"},
+                           {"role": "assistant", "content": "the first"}], source="s", task="t", meta={"k": [1]})
+    text = Record(key="text-only", image=None, messages=[{"role": "user", "content": "2+2?"},
+                                                         {"role": "assistant", "content": "4"}])
+    for record in (one, two, text):
+        back = Record.from_sample(record.to_sample())
+        assert back == record
+        assert back.num_images == record.num_images
+    assert two.qa_pairs() == [("Which is red?", "the first")]
+    assert [im.getpixel((0, 0)) for im in two.load_images()] == [(255, 255, 255)] * 2
+
+
+@pytest.mark.parametrize("body, reason, named", [
+    (b"{not json", "invalid_json", "not valid JSON"),
+    (json.dumps([1, 2]).encode(), "invalid_schema", "list, not an object"),
+    (json.dumps({"source": "x"}).encode(), "invalid_schema", "no 'messages'"),
+    (json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                 "meta": []}).encode(), "invalid_schema", "'meta' is list"),
+    (json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                 "meta": {"qa_types": "count"}}).encode(), "invalid_schema", "qa_types"),
+])
+def test_a_sample_that_breaks_the_schema_is_refused_by_reason(body, reason, named):
+    with pytest.raises(RecordError) as e:
+        Record.from_sample({"__key__": "bad-1", "png": png_bytes("red"), "json": body})
+    assert e.value.reason == reason
+    assert "'bad-1'" in str(e.value) and named in str(e.value)
+
+
+def test_a_key_webdataset_would_split_and_a_missing_json_are_named():
+    with pytest.raises(RecordError, match="contains '.'"):
+        Record(key="a.b", image=png_bytes("red"), messages=make_records(1)[0].messages)
+    with pytest.raises(RecordError) as e:
+        Record.from_sample({"__key__": "k", "png": png_bytes("red")})
+    assert e.value.reason == "missing_member" and ".json" in str(e.value)
+    with pytest.raises(RecordError, match="text-only"):
+        Record(key="t", image=None, messages=make_records(1)[0].messages).load_image()

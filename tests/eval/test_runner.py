@@ -1,0 +1,159 @@
+"""eval run / report end to end: a tiny molmini and tiny random LLaVA, Qwen2-VL and Idefics3 (loaded
+through the real AutoModelForImageTextToText / AutoProcessor path) on one synthetic benchmark, resumed
+runs, the cache's keys, the report's table and plots."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from eval.__main__ import main
+from eval.models import MolminiAdapter, build_adapter
+from eval.report import PUBLISHED_SCORES, pareto_front, published_rows
+from tests.helpers import tiny_config
+from tests.helpers.hf_tiny_vlms import save_tiny_llava, save_tiny_vlm
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tokenizer):
+    from data_pipelines.synth.charts import synthesize
+    from molmini.model.vlm import MolminiModel
+
+    root = tmp_path_factory.mktemp("eval_run")
+    synthesize(root / "shards", 8, 0, image_px=32, workers=1, shard_size=8, progress=False)
+    torch.manual_seed(0)
+    run_dir = root / "molmini_run"
+    MolminiModel(tiny_config().model, tokenizer).save_pretrained(run_dir / "checkpoint")
+    (run_dir / "train_summary.json").write_text(json.dumps({"wall_time_s": 90.0, "device": "cpu", "num_processes": 1}))
+    torch.manual_seed(1)
+    other = MolminiModel(tiny_config().model, tokenizer).save_pretrained(root / "other_molmini")
+    save_tiny_llava(root / "tiny_llava", tokenizer)
+    return {"root": root, "shards": root / "shards", "molmini": run_dir / "checkpoint", "other": other,
+            "llava": root / "tiny_llava"}
+
+
+def count_generated_prompts(monkeypatch) -> list[str]:
+    """Every prompt MolminiAdapter.generate is asked to answer, in order."""
+    seen: list[str] = []
+    original = MolminiAdapter.generate
+
+    def counting(self, images, prompts, max_new_tokens):
+        seen.extend(prompts)
+        return original(self, images, prompts, max_new_tokens)
+    monkeypatch.setattr(MolminiAdapter, "generate", counting)
+    return seen
+
+
+def predictions(out_dir) -> list[dict]:
+    return [json.loads(line) for path in sorted((out_dir / "predictions").glob("*.jsonl"))
+            for line in path.read_text().splitlines()]
+
+
+def test_llava_and_molmini_in_one_run_and_one_report(workspace):
+    out, report = workspace["root"] / "results", workspace["root"] / "report"
+    assert main(["run", "--model", str(workspace["molmini"]), "--benchmarks", f"synth-charts={workspace['shards']}",
+                 "--baselines", f"majority,text-only:{workspace['molmini']},llava:{workspace['llava']}",
+                 "--out", str(out), "--batch-size", "4"]) == 0
+    results = json.loads((out / "results.json").read_text())["results"]
+    by_name = {r["model"]["name"]: r for r in results}
+    assert set(by_name) == {"molmini_run", "tiny_llava", "majority (benchmark golds)", "text-only molmini_run"}
+    llava = by_name["tiny_llava"]
+    assert llava["model"]["kind"] == "baseline" and llava["model"]["num_parameters"] > 0
+    assert llava["settings"]["max_new_tokens"] == 8 and llava["settings"]["prompt_template"] == "question_only"
+    n_items = llava["n"]
+    assert n_items > 0 and all(r["n"] == n_items for r in results)
+    assert by_name["majority (benchmark golds)"]["score"] > 0   # the most common answer is right sometimes
+    rows = predictions(out)
+    assert len(rows) == 4 * n_items
+    assert {"prediction", "normalised_prediction", "score", "golds", "item_id"} <= set(rows[0])
+
+    assert main(["report", str(out), "--out", str(report)]) == 0
+    table = (report / "report.md").read_text()
+    assert "| molmini_run | molmini |" in table and "| tiny_llava | baseline |" in table
+    for png in ("scores_vs_parameters.png", "scores_vs_training_cost.png"):  # molmini_run recorded its cost
+        with Image.open(report / png) as image:
+            image.verify()
+            assert image.format == "PNG"
+    rows = json.loads((report / "report.json").read_text())["rows"]
+    assert next(r for r in rows if r["name"] == "molmini_run")["training_hours"] == pytest.approx(90 / 3600)
+
+
+def test_one_command_puts_molmini_and_hf_baselines_in_one_table_and_plot(workspace):
+    root = workspace["root"]
+    qwen, idefics = save_tiny_vlm("qwen2_vl", root / "tiny_qwen2_vl"), save_tiny_vlm("idefics3", root / "tiny_idefics3")
+    out, report = root / "hf_results", root / "hf_report"
+    assert main(["run", "--model", str(workspace["molmini"]), "--benchmarks", f"synthetic={workspace['shards']}",
+                 "--baselines", f"hf:{qwen},hf:{idefics}", "--out", str(out), "--limit", "6", "--batch-size", "3"]) == 0
+    assert main(["report", str(out), "--out", str(report), "--no-published"]) == 0
+    table = (report / "report.md").read_text()
+    for row in ("| molmini_run | molmini |", "| tiny_qwen2_vl | baseline |", "| tiny_idefics3 | baseline |"):
+        assert row in table
+    rows = {r["name"]: r for r in json.loads((report / "report.json").read_text())["rows"]}
+    assert set(rows) == {"molmini_run", "tiny_qwen2_vl", "tiny_idefics3"}
+    assert all(r["num_parameters"] > 0 and set(r["scores"]) == {"synthetic"} for r in rows.values())  # all plotted
+    assert len(predictions(out)) == 3 * 6
+    with Image.open(report / "scores_vs_parameters.png") as image:
+        image.verify()
+
+
+def test_resume_answers_only_items_not_yet_cached(workspace, monkeypatch):
+    out = workspace["root"] / "resume"
+    seen = count_generated_prompts(monkeypatch)
+    args = ["run", "--model", str(workspace["molmini"]), "--benchmarks", f"synthetic={workspace['shards']}",
+            "--out", str(out), "--batch-size", "2"]
+    assert main(args + ["--limit", "3"]) == 0
+    first = list(seen)
+    assert len(first) == 3
+    assert main(args) == 0
+    total = json.loads((out / "results.json").read_text())["results"][0]["n"]
+    assert len(seen) == total and seen[:3] == first    # the first 3 were not asked again
+    assert len(predictions(out)) == total
+    assert main(args) == 0
+    assert len(seen) == total                          # a finished run answers nothing
+
+
+def test_cache_is_keyed_by_model(workspace, monkeypatch):
+    out = workspace["root"] / "two_models"
+    seen = count_generated_prompts(monkeypatch)
+    for model in (workspace["molmini"], workspace["other"]):
+        assert main(["run", "--model", str(model), "--benchmarks", f"synthetic={workspace['shards']}",
+                     "--out", str(out), "--limit", "4"]) == 0
+    assert len(seen) == 8                              # the second model did not reuse the first's answers
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert len({r["model"]["cache_key"] for r in results}) == 2
+    assert len(list((out / "predictions").glob("*.jsonl"))) == 2
+
+
+def test_a_prompt_template_override_asks_every_item_with_it_and_is_recorded(workspace, monkeypatch, capsys):
+    out = workspace["root"] / "override"
+    seen = count_generated_prompts(monkeypatch)
+    args = ["run", "--model", str(workspace["molmini"]), "--benchmarks", f"synthetic={workspace['shards']}",
+            "--out", str(out), "--limit", "2"]
+    assert main(args) == 0 and main(args + ["--prompt-template", "lmms_eval_chartqa"]) == 0
+    asked_plain, asked_override = seen[:2], seen[2:]
+    assert len(asked_override) == 2  # another template is another cache entry: both asked again
+    assert all(o == p + "\nAnswer the question with a single word." for p, o in zip(asked_plain, asked_override))
+    (entry,) = json.loads((out / "results.json").read_text())["results"]  # the latest result per model, benchmark
+    assert entry["settings"]["prompt_template"] == "lmms_eval_chartqa"
+    assert entry["settings"]["prompt"] == "{question}\nAnswer the question with a single word."
+    capsys.readouterr()
+    assert main(args + ["--prompt-template", "no_such"]) == 2
+    err = capsys.readouterr().err
+    assert "no_such" in err and "question_only" in err
+
+
+def test_model_specs_pick_adapters(workspace):
+    assert type(build_adapter(str(workspace["llava"]))).__name__ == "HFVisionLanguageAdapter"  # detected
+    assert type(build_adapter(str(workspace["molmini"]))).__name__ == "MolminiAdapter"
+    assert build_adapter("majority").num_parameters == 0
+    with pytest.raises(ValueError, match="names no model"):
+        build_adapter("llava:")
+
+
+def test_pareto_front_and_published_rows():
+    assert pareto_front([(1, 10), (2, 5), (3, 20), (3, 15), (5, 20)]) == [(1, 10), (3, 20)]
+    rows = {r.name: r for r in published_rows(PUBLISHED_SCORES, ["chartqa", "ai2d_no_mask"])}
+    assert rows["Molmo-7B-D"].scores == {"chartqa": 84.1, "ai2d_no_mask": 93.2}
+    assert rows["Molmo-7B-D"].num_parameters == 8_000_000_000 and rows["GPT-4o-0513"].num_parameters is None
