@@ -190,7 +190,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
     from data_pipelines.inspect import contact_sheet
 
     path = contact_sheet(args.input, args.out, num=args.num, cols=args.cols, tile_px=args.tile_px,
-                         max_pairs=args.max_pairs)
+                         max_pairs=args.max_pairs, draw_boxes=args.draw_boxes)
     print(f"wrote {path}")
     return 0
 
@@ -204,6 +204,8 @@ def _add_inspect(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--cols", type=int, default=4, help="records per row")
     p.add_argument("--tile-px", type=int, default=200, help="image size on the sheet")
     p.add_argument("--max-pairs", type=int, default=4, help="question/answer pairs shown per record")
+    p.add_argument("--draw-boxes", action="store_true",
+                   help="outline the text boxes each synthetic record says its renderer drew (meta.text_boxes)")
     p.set_defaults(func=_run_inspect)
 
 

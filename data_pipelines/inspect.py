@@ -1,5 +1,6 @@
 """A contact sheet: N records of a shard folder in a grid, each image with its questions and answers
-under it, so a person can look at what the model will be trained on."""
+under it, so a person can look at what the model will be trained on; with `draw_boxes`, the text boxes its
+renderer recorded (meta["text_boxes"], what the reading loss learns from) outlined on the image."""
 from __future__ import annotations
 
 import textwrap
@@ -21,9 +22,19 @@ def _caption_lines(record: Record, max_pairs: int) -> list[str]:
     return lines
 
 
+def draw_text_boxes(image: Image.Image, boxes: list[dict]) -> Image.Image:
+    """A copy of `image` with each recorded text box outlined (red; orange for slanted text)."""
+    image = image.copy()
+    draw = ImageDraw.Draw(image)
+    for entry in boxes:
+        draw.rectangle(entry["box"], outline="#ff8c00" if entry.get("angle") else "#e00000", width=1)
+    return image
+
+
 def contact_sheet(folder: str | Path, out: str | Path, num: int = 16, cols: int = 4, tile_px: int = 200,
-                  max_pairs: int = 4) -> Path:
-    """Write a PNG of the first `num` readable records of `folder`; returns its path."""
+                  max_pairs: int = 4, draw_boxes: bool = False) -> Path:
+    """Write a PNG of the first `num` readable records of `folder`; returns its path. `draw_boxes` outlines
+    the text boxes of records that have them (and says under the image how many it has)."""
     errors: list[str] = []  # shown on the sheet rather than hidden
     bad = BadRecords(on_skip=lambda skip: errors.append(skip.message))
     tiles: list[tuple[Image.Image, list[str]]] = []
@@ -33,8 +44,13 @@ def contact_sheet(folder: str | Path, out: str | Path, num: int = 16, cols: int 
         except RecordError as e:
             bad.add(Skip(record.key, e.reason, str(e)))
             continue
+        lines = _caption_lines(record, max_pairs)
+        if draw_boxes:
+            boxes = record.meta.get("text_boxes", [])
+            image = draw_text_boxes(image, boxes)
+            lines.insert(1, f"{len(boxes)} text boxes" if boxes else "no text boxes recorded")
         image = ImageOps.contain(image, (tile_px, tile_px))  # small images are enlarged to be legible
-        tiles.append((image, _caption_lines(record, max_pairs)))
+        tiles.append((image, lines))
         if len(tiles) == num:
             break
     if not tiles:

@@ -18,6 +18,8 @@ from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from data_pipelines.synth.text_boxes import figure_text_boxes  # noqa: E402
+
 
 CHART_KINDS = ("bar", "line", "pie")
 QUESTION_TYPES = ("chart_type", "count", "largest_label", "value", "compare", "colour_largest", "trend")
@@ -153,6 +155,11 @@ def _figure(image_px: int) -> Figure:
 
 def render_chart(spec: ChartSpec, image_px: int = 128) -> bytes:
     """PNG bytes of the chart, exactly image_px x image_px RGB."""
+    return render_chart_and_text(spec, image_px)[0]
+
+
+def render_chart_and_text(spec: ChartSpec, image_px: int = 128) -> tuple[bytes, list[dict]]:
+    """PNG bytes of the chart and the text it drew where (synth/text_boxes.py: matplotlib's own extents)."""
     fig = _figure(image_px)
     top = 0.86 if spec.title else 0.95
     if spec.title:
@@ -162,12 +169,13 @@ def render_chart(spec: ChartSpec, image_px: int = 128) -> bytes:
     else:
         _draw_bar_or_line(fig, spec, top)
     fig.canvas.draw()
+    boxes = figure_text_boxes(fig, image_px)
     image = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())).convert("RGB")
     if image.size != (image_px, image_px):  # only for sizes whose dpi rounds badly
         image = image.resize((image_px, image_px), Image.BILINEAR)
     out = io.BytesIO()
     image.save(out, format="PNG")
-    return out.getvalue()
+    return out.getvalue(), boxes
 
 
 def _draw_bar_or_line(fig: Figure, spec: ChartSpec, top: float) -> None:

@@ -2,7 +2,8 @@
 
 Each image becomes one `Record` whose conversation asks every question type that applies to its chart
 kind, in a seeded random order. ``meta["chart"]`` keeps the data the chart was drawn from, and
-``meta["transcript"]`` its text content in reading order (used later to teach reading).
+``meta["transcript"]`` its text content in reading order, ``meta["text_boxes"]`` each text it drew and
+where (synth/text_boxes.py; the tower's reading loss is built from it).
 """
 from __future__ import annotations
 
@@ -21,14 +22,15 @@ from data_pipelines.synth import common  # noqa: E402
 from data_pipelines.synth.chart_spec import (CHAR_WIDTH, CHART_KINDS, FIG_INCHES, LABEL_THEMES,  # noqa: E402,F401
                                              MAX_VALUE, MIN_VALUE, ORDERED_THEMES, PALETTE, QUESTION_TYPES,
                                              QUESTION_TYPES_BY_KIND, TICK_PT, TITLE_PT, TITLES, VALUE_PT, ChartSpec,
-                                             make_questions, render_chart, sample_chart)
+                                             make_questions, render_chart, render_chart_and_text,
+                                             sample_chart)
 from data_pipelines.synth.common import qa_messages  # noqa: E402
 from molmini.data.records import Record  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 GENERATOR_NAME = "synth-charts"
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: meta["text_boxes"], what each chart drew where
 KEY_PREFIX = "charts"
 NOUN = "chart"
 VARIETIES = ("basic", "full")
@@ -44,10 +46,10 @@ def make_chart_record(rng: random.Random, key: str, image_px: int = 128, rendere
     qas = make_questions(rng, spec)
     meta = {"qa_types": [qtype for qtype, _, _ in qas], "chart": asdict(spec), "transcript": spec.transcript()}
     if renderer == "axes":
-        image = render_chart(spec, image_px)
+        image, meta["text_boxes"] = render_chart_and_text(spec, image_px)
     elif renderer == "direct":
-        from data_pipelines.synth.fast_charts import render_chart_direct
-        image = render_chart_direct(spec, image_px)
+        from data_pipelines.synth.fast_charts import render_chart_direct_and_text
+        image, meta["text_boxes"] = render_chart_direct_and_text(spec, image_px)
     else:
         raise ValueError(f"chart renderer {renderer!r} is unknown; use one of {RENDERERS}")
     return Record(key=key, image=image, messages=qa_messages(qas), source=SOURCE, task=TASK, meta=meta)

@@ -179,9 +179,11 @@ def pil_font(family: str, size: int, bold: bool = False, italic: bool = False):
     return ImageFont.truetype(str(path), size)
 
 
-def encode_image(image, rng: random.Random | None = None, noise: bool = False) -> tuple[bytes, str]:
+def encode_image(image, rng: random.Random | None = None, noise: bool = False,
+                 text_boxes: list[dict[str, Any]] | None = None) -> tuple[bytes, str]:
     """(bytes, extension) of an RGB image; with `noise`, a scan's defects drawn from rng: a slight skew,
-    blur and JPEG artefacts (then the image is a JPEG)."""
+    blur and JPEG artefacts (then the image is a JPEG). `text_boxes` (synth/text_boxes.py), when given, are
+    turned in place with the skew, so they stay on their text."""
     import io
 
     from PIL import Image, ImageFilter
@@ -189,7 +191,11 @@ def encode_image(image, rng: random.Random | None = None, noise: bool = False) -
     quality = None
     if noise and rng is not None:
         if rng.random() < 0.5:
-            image = image.rotate(rng.uniform(-2.0, 2.0), resample=Image.BILINEAR, expand=False, fillcolor="white")
+            degrees = rng.uniform(-2.0, 2.0)
+            image = image.rotate(degrees, resample=Image.BILINEAR, expand=False, fillcolor="white")
+            if text_boxes is not None:
+                from data_pipelines.synth.text_boxes import rotated
+                text_boxes[:] = rotated(text_boxes, degrees, image.width, image.height)
         if rng.random() < 0.4:
             image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8)))
         if rng.random() < 0.6:

@@ -15,10 +15,11 @@ from PIL import Image, ImageDraw
 
 from data_pipelines.synth import names
 from data_pipelines.synth.common import FONT_FAMILIES, REFUSAL, encode_image, pil_font, qa_messages
+from data_pipelines.synth.text_boxes import PilTextBoxes, moved
 from molmini.data.records import Record
 
 GENERATOR_NAME = "synth-documents"
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: meta["text_boxes"], what each document drew where
 KEY_PREFIX = "documents"
 NOUN = "document"
 SOURCE = "synth-documents"
@@ -49,6 +50,7 @@ class Document:
     questions: list[tuple[str, str, str]]      # (type, question, field name)
     lines: list[str] = field(default_factory=list)  # the transcript, in reading order
     style: dict[str, Any] = field(default_factory=dict)
+    text_boxes: list[dict[str, Any]] = field(default_factory=list)  # what was drawn where (synth/text_boxes.py)
 
 
 def _date(rng: random.Random, first_year: int = 2019, last_year: int = 2025) -> str:
@@ -76,6 +78,7 @@ class Page:
     def __init__(self, width: int, height: int, style: dict[str, Any], lines: list[str]):
         self.image = Image.new("RGB", (width, height), style.get("paper", "white"))
         self.draw = ImageDraw.Draw(self.image)
+        self.boxes = PilTextBoxes(width, height)  # what was drawn where, for the reading loss
         self.style, self.lines = style, lines
         self.y = style["margin"]
         self.size = style["font_px"]
@@ -90,7 +93,7 @@ class Page:
         x = self.style["margin"] if x is None else x
         if right:
             x = x - font.getlength(text)
-        self.draw.text((x, self.y), text, font=font, fill=fill)
+        self.boxes.text(self.draw, (x, self.y), text, font=font, fill=fill)
         self._row.append(text)
         if advance:
             self.lines.append(" ".join(self._row))
@@ -298,6 +301,7 @@ DRAW = {"invoice": _invoice, "receipt": _receipt, "form": _form, "letter": _lett
 
 
 def render_document(rng: random.Random, kind: str, image_px: int) -> tuple[Document, Image.Image]:
+    """The document drawn and scaled to image_px wide; `doc.text_boxes` says what it drew where."""
     style = {"font": rng.choice(FONT_FAMILIES), "font_px": rng.randint(16, 22), "margin": rng.randint(30, 60),
              "paper": rng.choice(["white", "white", "#fdfcf7", "#f7f7f7"])}
     width = 480 if kind == "receipt" else 850
@@ -305,12 +309,16 @@ def render_document(rng: random.Random, kind: str, image_px: int) -> tuple[Docum
     page = Page(width, 1400, style, doc.lines)
     DRAW[kind](rng, page, doc)
     image = page.image.crop((0, 0, width, min(1400, page.y + style["margin"])))
+    cropped = image.size
     scale = image_px / 850  # every kind shares one scale, so a receipt stays narrow on its background
     image = image.resize((max(32, round(image.width * scale)), max(32, round(image.height * scale))), Image.LANCZOS)
+    sx, sy, dx, dy = image.width / cropped[0], image.height / cropped[1], 0, 0
     if kind == "receipt":
         backdrop = Image.new("RGB", (image_px, image.height + 2 * round(20 * scale)), "#b9b4aa")
-        backdrop.paste(image, ((image_px - image.width) // 2, round(20 * scale)))
+        dx, dy = (image_px - image.width) // 2, round(20 * scale)
+        backdrop.paste(image, (dx, dy))
         image = backdrop
+    doc.text_boxes = moved(page.boxes.entries, sx, sy, dx, dy, image.width, image.height)
     return doc, image
 
 
@@ -326,9 +334,11 @@ def make_record(rng: random.Random, key: str, image_px: int = 512, noise: bool =
     order = list(range(len(qas)))
     rng.shuffle(order)
     qas, args = [qas[i] for i in order], [args[i] for i in order]
-    data, ext = encode_image(image, rng, noise)
+    text_boxes = list(doc.text_boxes)
+    data, ext = encode_image(image, rng, noise, text_boxes)
     meta = {"qa_types": [q[0] for q in qas], "qa_args": args,
-            "document": {"kind": kind, "fields": doc.fields, "style": doc.style}, "transcript": "\n".join(doc.lines)}
+            "document": {"kind": kind, "fields": doc.fields, "style": doc.style}, "transcript": "\n".join(doc.lines),
+            "text_boxes": text_boxes}
     return Record(key=key, image=data, image_ext=ext, messages=qa_messages(qas), source=SOURCE, task=TASK, meta=meta)
 
 

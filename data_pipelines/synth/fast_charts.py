@@ -23,6 +23,7 @@ from PIL import Image  # noqa: E402
 
 from data_pipelines.synth import chart_spec as charts  # noqa: E402
 from data_pipelines.synth.chart_spec import CHAR_WIDTH, FIG_INCHES, PALETTE, TICK_PT, TITLE_PT, VALUE_PT  # noqa: E402
+from data_pipelines.synth.text_boxes import figure_text_boxes  # noqa: E402
 
 Y_TICKS = (0, 25, 50, 75, 100)
 
@@ -32,13 +33,19 @@ def _points(pt: float) -> float:
     return pt / 72 / FIG_INCHES
 
 
-_BACKGROUNDS: dict[tuple, object] = {}  # (image_px, bottom, top, y_max) -> the saved pixels of the static part
+# (image_px, bottom, top, y_max) -> the saved pixels of the static part and the text boxes of its tick labels
+_BACKGROUNDS: dict[tuple, tuple[object, list[dict]]] = {}
 
 
 def render_chart_direct(spec: charts.ChartSpec, image_px: int = 128) -> bytes:
     """PNG bytes of a bar or line chart (a pie goes to the Axes renderer), image_px x image_px RGB."""
+    return render_chart_direct_and_text(spec, image_px)[0]
+
+
+def render_chart_direct_and_text(spec: charts.ChartSpec, image_px: int = 128) -> tuple[bytes, list[dict]]:
+    """PNG bytes of the chart and the text it drew where (synth/text_boxes.py), as the Axes renderer's."""
     if spec.kind == "pie":
-        return charts.render_chart(spec, image_px)
+        return charts.render_chart_and_text(spec, image_px)
     fig = charts._figure(image_px)
     n = len(spec.labels)
     top = 0.86 if spec.title else 0.95
@@ -58,22 +65,26 @@ def render_chart_direct(spec: charts.ChartSpec, image_px: int = 128) -> bytes:
     # The y axis (grid, ticks, labels, spine) is the same for every chart of one layout: it is drawn once,
     # saved, and restored under each chart's own artists (matplotlib's blitting).
     key = (image_px, round(bottom, 6), top, y_max)
-    background = _BACKGROUNDS.get(key)
-    if background is None:
+    if key not in _BACKGROUNDS:
         for t in Y_TICKS:
             fig.add_artist(Line2D([left, right], [fy(t)] * 2, color="#dddddd", linewidth=0.6, zorder=0))
             fig.add_artist(Line2D([left - tick, left], [fy(t)] * 2, color="black", linewidth=0.8, zorder=3))
             fig.text(left - pad, fy(t), str(t), ha="right", va="center", fontsize=TICK_PT)
         fig.add_artist(Line2D([left, left], [bottom, top], color="black", linewidth=0.8, zorder=3))
         fig.canvas.draw()
-        background = _BACKGROUNDS[key] = fig.canvas.copy_from_bbox(fig.bbox)
+        _BACKGROUNDS[key] = fig.canvas.copy_from_bbox(fig.bbox), figure_text_boxes(fig, image_px)
         charts._figure(image_px)  # remove the static artists again
+    background, boxes = _BACKGROUNDS[key]
+    boxes = list(boxes)
     fig.canvas.restore_region(background)
+    texts = []
 
     def draw(artist) -> None:
         artist.set_figure(fig)
         artist.set_transform(fig.transFigure)
         fig.draw_artist(artist)
+        if isinstance(artist, Text):
+            texts.append(artist)
 
     if spec.kind == "bar":
         for i, (v, c) in enumerate(zip(spec.values, spec.colours)):
@@ -98,9 +109,10 @@ def render_chart_direct(spec: charts.ChartSpec, image_px: int = 128) -> bytes:
             draw(Text(fx(i), fy(y), str(v), ha="center", va="top" if below else "bottom", fontsize=VALUE_PT))
     if spec.title:
         draw(Text(0.5, 0.975, spec.title, ha="center", va="top", fontsize=TITLE_PT, weight="bold"))
+    boxes += figure_text_boxes(fig, image_px, texts)
     image = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())).convert("RGB")
     if image.size != (image_px, image_px):
         image = image.resize((image_px, image_px), Image.BILINEAR)
     out = io.BytesIO()
     image.save(out, format="PNG")
-    return out.getvalue()
+    return out.getvalue(), boxes

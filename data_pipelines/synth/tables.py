@@ -14,10 +14,11 @@ from PIL import Image, ImageDraw
 
 from data_pipelines.synth import names
 from data_pipelines.synth.common import FONT_FAMILIES, REFUSAL, encode_image, fmt_number, pil_font, qa_messages
+from data_pipelines.synth.text_boxes import PilTextBoxes
 from molmini.data.records import Record
 
 GENERATOR_NAME = "synth-tables"
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: meta["text_boxes"], what each table drew where
 KEY_PREFIX = "tables"
 NOUN = "table"
 SOURCE = "synth-tables"
@@ -150,6 +151,11 @@ def make_questions(rng: random.Random, t: TableData) -> list[tuple[str, str, str
 
 def render_table(t: TableData, image_px: int) -> Image.Image:
     """The table drawn at its natural size, then scaled to image_px wide (at most 1.5x as high)."""
+    return render_table_and_text(t, image_px)[0]
+
+
+def render_table_and_text(t: TableData, image_px: int) -> tuple[Image.Image, list[dict[str, Any]]]:
+    """The table image and the text it drew where (synth/text_boxes.py: PIL's own text boxes)."""
     st = t.style
     size, pad_x, pad_y = st["font_px"], st["pad_x"], st["pad_y"]
     regular, bold = pil_font(st["font"], size), pil_font(st["font"], size, bold=True)
@@ -164,8 +170,9 @@ def render_table(t: TableData, image_px: int) -> Image.Image:
     height = title_h + row_h * len(cells) + 2 * margin
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
+    boxes = PilTextBoxes(width, height)
     if t.title:
-        draw.text((margin, margin), t.title, font=pil_font(st["font"], size + 1, bold=True), fill="black")
+        boxes.text(draw, (margin, margin), t.title, font=pil_font(st["font"], size + 1, bold=True), fill="black")
     dark_header = st["header_fill"] == "#2f4f6f"
     y = margin + title_h
     for r, row in enumerate(cells):
@@ -181,7 +188,7 @@ def render_table(t: TableData, image_px: int) -> Image.Image:
                 tx = x + widths[c] - pad_x - font.getlength(text)
             else:
                 tx = x + pad_x
-            draw.text((tx, y + pad_y), text, font=font, fill=colour)
+            boxes.text(draw, (tx, y + pad_y), text, font=font, fill=colour)
             if st["rules"] == "grid":
                 draw.line([x, y, x, y + row_h], fill="#888888")
             x += widths[c]
@@ -196,19 +203,21 @@ def render_table(t: TableData, image_px: int) -> Image.Image:
     scale = min(image_px / width, 1.3)
     new_w, new_h = min(image_px, round(width * scale)), max(32, min(round(height * scale), round(1.5 * image_px)))
     image = image.resize((new_w, new_h), Image.LANCZOS if scale < 1 else Image.BICUBIC)
+    drawn = boxes.scaled(new_w, new_h)
     if new_w == image_px:
-        return image
+        return image, drawn
     page = Image.new("RGB", (image_px, new_h), "white")
     page.paste(image, (0, 0))
-    return page
+    return page, drawn
 
 
 def make_record(rng: random.Random, key: str, image_px: int = 448, noise: bool = False) -> Record:
     table = sample_table(rng)
     qas = make_questions(rng, table)
-    image, ext = encode_image(render_table(table, image_px), rng, noise)
+    image, text_boxes = render_table_and_text(table, image_px)
+    image, ext = encode_image(image, rng, noise, text_boxes)
     meta = {"qa_types": [q[0] for q in qas], "qa_args": [q[3] for q in qas], "table": asdict(table),
-            "transcript": table.transcript()}
+            "transcript": table.transcript(), "text_boxes": text_boxes}
     return Record(key=key, image=image, image_ext=ext, messages=qa_messages([q[:3] for q in qas]), source=SOURCE,
                   task=TASK, meta=meta)
 

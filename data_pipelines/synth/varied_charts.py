@@ -20,6 +20,7 @@ from PIL import Image  # noqa: E402
 
 from data_pipelines.synth.chart_qa import ChartData, make_questions, sample_chart_data  # noqa: E402
 from data_pipelines.synth.common import qa_messages  # noqa: E402
+from data_pipelines.synth.text_boxes import figure_text_boxes  # noqa: E402
 from molmini.data.records import Record  # noqa: E402
 
 SOURCE = "synth-charts-full"
@@ -75,6 +76,11 @@ def image_size(data: ChartData, image_px: int) -> tuple[int, int]:
 
 def render(data: ChartData, image_px: int) -> bytes:
     """PNG bytes of the chart, image_px wide and image_px * aspect high."""
+    return render_and_text(data, image_px)[0]
+
+
+def render_and_text(data: ChartData, image_px: int) -> tuple[bytes, list[dict]]:
+    """PNG bytes of the chart and the text it drew where (synth/text_boxes.py: matplotlib's own extents)."""
     width, height = image_size(data, image_px)
     fig = _figure(width, height)
     st = data.style
@@ -88,12 +94,13 @@ def render(data: ChartData, image_px: int) -> bytes:
         else:
             _draw_axes_chart(fig, data)
         fig.canvas.draw()
+        boxes = figure_text_boxes(fig, (width, height))
     image = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())).convert("RGB")
     if image.size != (width, height):
         image = image.resize((width, height), Image.BILINEAR)
     out = io.BytesIO()
     image.save(out, format="PNG", compress_level=3)
-    return out.getvalue()
+    return out.getvalue(), boxes
 
 
 def _inches(chars: int, pt: float) -> float:
@@ -234,8 +241,9 @@ def make_varied_chart_record(rng: random.Random, key: str, image_px: int = 384, 
     data = sample_chart_data(rng, kind)
     data.style = sample_style(rng, data)
     qas = make_questions(rng, data)
+    image, text_boxes = render_and_text(data, image_px)
     meta = {"qa_types": [q[0] for q in qas], "qa_args": [q[3] for q in qas], "chart": asdict(data),
-            "transcript": data.transcript()}
-    return Record(key=key, image=render(data, image_px), messages=qa_messages([q[:3] for q in qas]),
-                  source=SOURCE, task=TASK, meta=meta)
+            "transcript": data.transcript(), "text_boxes": text_boxes}
+    return Record(key=key, image=image, messages=qa_messages([q[:3] for q in qas]), source=SOURCE, task=TASK,
+                  meta=meta)
 

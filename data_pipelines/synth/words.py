@@ -16,10 +16,11 @@ from PIL import Image, ImageDraw
 
 from data_pipelines.synth.charts import LABEL_THEMES, MAX_VALUE, MIN_VALUE, TITLES
 from data_pipelines.synth.common import FONT_FAMILIES, encode_image, pil_font, qa_messages
+from data_pipelines.synth.text_boxes import box_entry
 from molmini.data.records import Record
 
 GENERATOR_NAME = "synth-words"
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: meta["text_boxes"], what each drill drew where
 KEY_PREFIX = "words"
 NOUN = "word"
 SOURCE = "synth-words"
@@ -35,6 +36,14 @@ def sample_items(rng: random.Random, max_items: int) -> list[str]:
 
 
 def render_words(rng: random.Random, items: list[str], image_px: int, min_font_px: int, max_font_px: int) -> Image.Image:
+    return render_words_and_text(rng, items, image_px, min_font_px, max_font_px)[0]
+
+
+def render_words_and_text(rng: random.Random, items: list[str], image_px: int, min_font_px: int, max_font_px: int
+                          ) -> tuple[Image.Image, list[dict[str, Any]]]:
+    """The drill image and what it drew where (synth/text_boxes.py): each item's box is the ink of its tile,
+    slanted and scaled as it was pasted."""
+    boxes = []
     image = Image.new("RGB", (image_px, image_px), rng.choice(("#ffffff", "#f7f7f2", "#eef2f7")))
     row_h = image_px / len(items)
     for i, text in enumerate(items):
@@ -55,7 +64,13 @@ def render_words(rng: random.Random, items: list[str], image_px: int, min_font_p
         x = rng.randint(0, image_px - tile.width)
         y = int(i * row_h) + rng.randint(0, max(0, int(row_h) - tile.height))
         image.paste(tile, (x, y), tile)
-    return image
+        ink = tile.getchannel("A").getbbox()
+        if ink is not None:
+            entry = box_entry(text, x + ink[0], y + ink[1], x + ink[2], y + ink[3], image_px, image_px,
+                              45.0 if slant else 0.0)
+            if entry is not None:
+                boxes.append(entry)
+    return image, boxes
 
 
 def make_questions(rng: random.Random, items: list[str]) -> list[tuple[str, str, str]]:
@@ -71,10 +86,10 @@ def make_questions(rng: random.Random, items: list[str]) -> list[tuple[str, str,
 def make_record(rng: random.Random, key: str, image_px: int = 128, max_items: int = 3, min_font_px: int = 8,
                 max_font_px: int = 24) -> Record:
     items = sample_items(rng, max_items)
-    image = render_words(rng, items, image_px, min_font_px, max_font_px)
+    image, text_boxes = render_words_and_text(rng, items, image_px, min_font_px, max_font_px)
     qas = make_questions(rng, items)
     data, ext = encode_image(image)
-    meta = {"qa_types": [q[0] for q in qas], "items": items, "transcript": " ".join(items)}
+    meta = {"qa_types": [q[0] for q in qas], "items": items, "transcript": " ".join(items), "text_boxes": text_boxes}
     return Record(key=key, image=data, image_ext=ext, messages=qa_messages(qas), source=SOURCE, task=TASK, meta=meta)
 
 

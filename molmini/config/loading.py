@@ -15,11 +15,11 @@ from typing import Any
 import yaml
 
 from molmini.config.schema import (Config, ConfigError, ConnectorConfig, DataConfig, EvalConfig, ImageConfig, LMConfig,
-                                   LoraConfig, ModelConfig, OptimConfig, SynthConfig, TokenizerConfig, TrainConfig,
-                                   VisionConfig)
+                                   LoraConfig, ModelConfig, OptimConfig, ReadingConfig, SynthConfig, TokenizerConfig,
+                                   TrainConfig, VisionConfig)
 
 __all__ = ["COMPONENTS", "Config", "ConfigError", "ConnectorConfig", "DataConfig", "EvalConfig", "ImageConfig",
-           "LMConfig", "LoraConfig", "ModelConfig", "OptimConfig", "SynthConfig", "TokenizerConfig", "TrainConfig",
+           "LMConfig", "LoraConfig", "ModelConfig", "OptimConfig", "ReadingConfig", "SynthConfig", "TokenizerConfig", "TrainConfig",
            "VisionConfig", "check_run_name", "flat_dict", "from_dict", "load_config", "save_config", "validate"]
 
 
@@ -140,6 +140,9 @@ def validate(cfg: Config) -> None:
                 ("optim.warmup_steps", cfg.optim.warmup_steps, 0)]
     at_least += [(f"optim.lr_{c}", getattr(cfg.optim, f"lr_{c}"), 0) for c in COMPONENTS]
     at_least += [(f"optim.warmup_{c}", getattr(cfg.optim, f"warmup_{c}"), -1) for c in COMPONENTS]
+    at_least += [("optim.lr_reader", cfg.optim.lr_reader, 0), ("optim.warmup_reader", cfg.optim.warmup_reader, -1),
+                 ("model.reading.weight", cfg.model.reading.weight, 0),
+                 ("model.reading.answer_weight", cfg.model.reading.answer_weight, 0)]
     if cfg.train.eval_every > 0:
         at_least.append(("train.eval_batches", cfg.train.eval_batches, 1))
     if cfg.data.synth is not None:
@@ -150,6 +153,13 @@ def validate(cfg: Config) -> None:
     for key, value, low in at_least:
         if value < low:
             raise ConfigError(f"config key {key!r} must be at least {low}, got {value!r}")
+    reading = cfg.model.reading
+    if reading.weight == 0 and reading.answer_weight == 0:
+        raise ConfigError("model.reading.answer_weight=0 with model.reading.weight=0 leaves no loss to train; "
+                          "set model.reading.weight above 0 (the reading stage) or the answer weight back to 1")
+    if reading.weight > 0 and cfg.model.hf_vlm:
+        raise ConfigError("model.reading.weight > 0 puts a reading head on molmini's own tower; a transformers VLM "
+                          "(model.hf_vlm) has its own: set model.reading.weight=0")
     for key, value in (("data.transcript_prob", cfg.data.transcript_prob),
                        ("train.lora.dropout", cfg.train.lora.dropout)):
         if not 0 <= value <= 1:

@@ -69,6 +69,19 @@ class ImageConfig:
 
 
 @dataclass
+class ReadingConfig:
+    """The tower's reading loss (molmini/model/reading.py): a head on the tower's patch features names, for
+    every patch of every crop, the text token its renderer drew there (from a synthetic record's
+    meta.text_boxes; molmini/data/reading.py builds the targets). A direct, dense signal for a tower that
+    learns to read from scratch. Off at weight 0: no head, no targets, the run exactly as without it. The
+    head is left out of a saved checkpoint (it has no place in inference)."""
+    weight: float = 0.0
+    # The answer loss's weight beside it. 0 trains the tower and the head alone (configs/stages/0_read.yaml):
+    # the connector and the LM are then not run at all.
+    answer_weight: float = 1.0
+
+
+@dataclass
 class ModelConfig:
     # A named preset (molmini/config/presets.py) whose settings the keys below override; empty: none.
     preset: str = ""
@@ -84,6 +97,7 @@ class ModelConfig:
     # How a record's question/answer pairs share one sequence: "turns" (one conversation, each answer
     # sees the earlier pairs) or "masked" (Molmo: each answer sees only the image and its own question).
     multi_annotation: str = "turns"
+    reading: ReadingConfig = field(default_factory=ReadingConfig)
 
 
 @dataclass
@@ -141,6 +155,9 @@ class OptimConfig:
     warmup_vision: int = -1
     warmup_connector: int = -1
     warmup_lm: int = -1
+    # The reading head's own group (model.reading): its learning rate and warmup, 0 / -1 as above.
+    lr_reader: float = 0.0
+    warmup_reader: int = -1
     # Components left out of training (of vision, connector, lm): their weights stay bit-identical and
     # they are not in the optimizer. Connector alignment freezes [vision, lm].
     freeze: list[str] = field(default_factory=list)

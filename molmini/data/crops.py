@@ -32,6 +32,9 @@ class TiledImage:
     views: list[torch.Tensor] = field(default_factory=list)
     tiling: tuple[int, int] = (0, 0)  # rows, cols of crops
     canvas_size: tuple[int, int] = (0, 0)  # height, width of the resized image the crops were cut from
+    # Where each crop's pixels come from: (scale_y, scale_x, shift_y, shift_x) maps a point (y, x) of the
+    # original image to (y * scale_y + shift_y, x * scale_x + shift_x) in the crop (the reading targets' map).
+    placements: list[tuple[float, float, float, float]] = field(default_factory=list)
 
 
 def select_tiling(height: int, width: int, window: int, max_crops: int) -> tuple[int, int]:
@@ -100,19 +103,20 @@ def tile_image(image: Image.Image | torch.Tensor, image_size: int, patch_size: i
     """Cut `image` into the global view plus up to `max_crops` overlapping crops (none when max_crops=0)."""
     image = as_uint8_tensor(image)
     g = image_size // patch_size
+    h0, w0 = image.shape[1:]
     glob, glob_placed = resize_and_pad(image, image_size, image_size, fill)
     crops = [glob]
     pads = [_patch_padding(glob_placed, 0, 0, image_size, patch_size)]
     views = [torch.arange(g * g).view(g, g)]
+    placements = [_placement(glob_placed, h0, w0, 0, 0)]
     if max_crops <= 0:
-        return _pack(crops, pads, views, (0, 0), (image_size, image_size))
+        return _pack(crops, pads, views, (0, 0), (image_size, image_size), placements)
 
     window = g - 2 * margin  # kept patches per crop side, away from the image border
     if window <= 0:
         raise ValueError(f"overlap margin {margin} leaves no kept patches in a {g}-patch crop; use a margin "
                          f"below {g / 2:g} (model.image.overlap_margin)")
     margin_px, window_px = margin * patch_size, window * patch_size
-    h0, w0 = image.shape[1:]
     rows, cols = select_tiling(h0 - 2 * margin_px, w0 - 2 * margin_px, window_px, max_crops)
     height, width = rows * window_px + 2 * margin_px, cols * window_px + 2 * margin_px
     canvas, placed = resize_and_pad(image, height, width, fill)
@@ -124,6 +128,7 @@ def tile_image(image: Image.Image | torch.Tensor, image_size: int, patch_size: i
             y, x = i * window_px, j * window_px
             crops.append(canvas[:, y:y + image_size, x:x + image_size])
             pads.append(_patch_padding(placed, y, x, image_size, patch_size))
+            placements.append(_placement(placed, h0, w0, y, x))
             first = (len(crops) - 1) * g * g
             # a crop keeps its margins only on the sides that are the image's border
             r0, r1 = (0 if i == 0 else margin), (g if i == rows - 1 else g - margin)
@@ -131,12 +136,19 @@ def tile_image(image: Image.Image | torch.Tensor, image_size: int, patch_size: i
             local = first + torch.arange(g * g).view(g, g)[r0:r1, c0:c1]
             kept[i * window + r0:i * window + r1, j * window + c0:j * window + c1] = local
     views.append(kept)
-    return _pack(crops, pads, views, (rows, cols), (height, width))
+    return _pack(crops, pads, views, (rows, cols), (height, width), placements)
 
 
-def _pack(crops, pads, views, tiling, canvas_size) -> TiledImage:
+def _placement(placed: tuple[int, int, int, int], h0: int, w0: int, y: int, x: int
+               ) -> tuple[float, float, float, float]:
+    """The map from the original h0 x w0 image onto the crop at (y, x) of a canvas it lies on at `placed`."""
+    top, left, h, w = placed
+    return h / h0, w / w0, float(top - y), float(left - x)
+
+
+def _pack(crops, pads, views, tiling, canvas_size, placements) -> TiledImage:
     return TiledImage(crops=torch.stack(crops), pad_fraction=torch.stack(pads), views=views, tiling=tiling,
-                      canvas_size=canvas_size)
+                      canvas_size=canvas_size, placements=placements)
 
 
 def pool_windows(view: torch.Tensor, pool: int) -> torch.Tensor:

@@ -32,6 +32,7 @@ from PIL import Image
 from molmini.data.chat_format import ChatFormat
 from molmini.data.crops import pool_windows, pooled_shape, tile_image
 from molmini.data.images import SINGLE_IMAGE, ImageInput, load_image
+from molmini.data.reading import read_targets
 from molmini.data.records import IMAGE_MARKER, Record, RecordError
 from molmini.data.tokenizer import (IMAGE_END, IMAGE_PATCH, IMAGE_ROW_END, IMAGE_START, PAD, load_tokenizer,
                                     special_token_ids)
@@ -52,6 +53,9 @@ class ProcessorConfig:
     overlap_margin: int | None = None
     max_length: int = 256
     multi_annotation: str = "turns"
+    # Per-patch reading targets from a record's text boxes (molmini/data/reading.py), for the reading loss
+    # (model.reading.weight > 0); off, none are computed.
+    read_targets: bool = False
 
     @classmethod
     def for_model(cls, config, vision, connector, max_length: int) -> "ProcessorConfig":
@@ -61,7 +65,7 @@ class ProcessorConfig:
         return cls(image_size=vision.image_size, patch_size=vision.patch_size, image_mean=vision.image_mean,
                    image_std=vision.image_std, pool=connector.pool, max_crops=config.image.max_crops,
                    overlap_margin=config.image.overlap_margin, max_length=max_length,
-                   multi_annotation=config.multi_annotation)
+                   multi_annotation=config.multi_annotation, read_targets=config.reading.weight > 0)
 
     def __post_init__(self):
         if self.multi_annotation not in MULTI_ANNOTATION:
@@ -82,9 +86,11 @@ class MolminiProcessor:
         self.fill = tuple(round(255 * m) for m in config.image_mean)  # padding normalises to ~0
 
     # ---- images -------------------------------------------------------------------------------------
-    def process_image(self, image: Image.Image | torch.Tensor) -> dict[str, Any]:
+    def process_image(self, image: Image.Image | torch.Tensor, text_boxes: Sequence[dict[str, Any]] | None = None
+                      ) -> dict[str, Any]:
         """Crops (uint8), padding per patch, pooling windows (indices into this image's patch features)
-        and the layout token ids of one image."""
+        and the layout token ids of one image; with `config.read_targets`, the reading targets of each
+        patch from the image's `text_boxes` (none given: every patch is left out of the reading loss)."""
         c = self.config
         tiled = tile_image(image, c.image_size, c.patch_size, c.max_crops, c.overlap_margin, self.fill)
         tokens: list[int] = []
@@ -93,16 +99,25 @@ class MolminiProcessor:
             tokens += ([self.ids[IMAGE_START]] + ([self.ids[IMAGE_PATCH]] * cols + [self.ids[IMAGE_ROW_END]]) * rows
                        + [self.ids[IMAGE_END]])
         windows = torch.cat([pool_windows(v, c.pool) for v in tiled.views])
-        return {"pixel_values": tiled.crops, "pad_fraction": tiled.pad_fraction, "pool_index": windows,
-                "image_tokens": tokens}
+        out = {"pixel_values": tiled.crops, "pad_fraction": tiled.pad_fraction, "pool_index": windows,
+               "image_tokens": tokens}
+        if c.read_targets:
+            out["read_labels"] = read_targets(tiled, text_boxes or [], self._text, self.pad_token_id, IGNORE_INDEX,
+                                              c.image_size, c.patch_size)
+            if text_boxes is None:
+                out["read_labels"].fill_(IGNORE_INDEX)
+        return out
 
     def no_images(self) -> dict[str, torch.Tensor]:
         """The image tensors of a sample without images: zero crops, shaped as real ones are."""
         c = self.config
         patches = (c.image_size // c.patch_size) ** 2
-        return {"pixel_values": torch.zeros((0, 3, c.image_size, c.image_size), dtype=torch.uint8),
-                "pad_fraction": torch.zeros((0, patches)),
-                "pool_index": torch.zeros((0, c.pool * c.pool), dtype=torch.long)}
+        out = {"pixel_values": torch.zeros((0, 3, c.image_size, c.image_size), dtype=torch.uint8),
+               "pad_fraction": torch.zeros((0, patches)),
+               "pool_index": torch.zeros((0, c.pool * c.pool), dtype=torch.long)}
+        if c.read_targets:
+            out["read_labels"] = torch.zeros((0, patches), dtype=torch.long)
+        return out
 
     def stack_images(self, processed: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """The image tensors of several images (or samples) joined; zero crops when there are none."""
@@ -192,7 +207,10 @@ class MolminiProcessor:
     # ---- records and batches ------------------------------------------------------------------------
     def process_record(self, record: Record, messages: Sequence[dict[str, str]] | None = None) -> dict[str, Any]:
         """Model inputs for a record with one image, several, or none (text-only: zero crops)."""
-        images = [self.process_image(image) for image in record.load_images()]
+        # A synthetic record's text boxes are those of its first image (the one its renderer drew).
+        boxes = [record.meta.get("text_boxes")] if self.config.read_targets else []
+        images = [self.process_image(image, boxes[0] if boxes and n == 0 else None)
+                  for n, image in enumerate(record.load_images())]
         sample = self.encode_conversation(messages if messages is not None else record.messages, images)
         sample.update(self.stack_images(images), key=record.key)
         return sample
@@ -256,7 +274,8 @@ class MolminiProcessor:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(folder)
-        (folder / PROCESSOR_CONFIG).write_text(json.dumps(asdict(self.config), indent=2))
+        # A saved processor is for inference: it computes no reading targets (the reading loss is training's).
+        (folder / PROCESSOR_CONFIG).write_text(json.dumps({**asdict(self.config), "read_targets": False}, indent=2))
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, max_length: int | None = None) -> "MolminiProcessor":
@@ -287,5 +306,10 @@ def _stack_images(processed: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor
     for p in processed:
         windows.append(torch.where(p["pool_index"] >= 0, p["pool_index"] + offset, p["pool_index"]))
         offset += p["pixel_values"].shape[0] * patches
-    return {"pixel_values": torch.cat([p["pixel_values"] for p in processed]),
-            "pad_fraction": torch.cat([p["pad_fraction"] for p in processed]), "pool_index": torch.cat(windows)}
+    out = {"pixel_values": torch.cat([p["pixel_values"] for p in processed]),
+           "pad_fraction": torch.cat([p["pad_fraction"] for p in processed]), "pool_index": torch.cat(windows)}
+    if any("read_labels" in p for p in processed):  # the reading targets ride with their crops
+        out["read_labels"] = torch.cat([p["read_labels"] if "read_labels" in p else
+                                        torch.full(p["pad_fraction"].shape, IGNORE_INDEX, dtype=torch.long)
+                                        for p in processed])
+    return out

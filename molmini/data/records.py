@@ -12,6 +12,10 @@ is still an error and not a text-only record; its second, third, ... images are 
 ``KEY.1.png``, ``KEY.2.jpg``, ... (webdataset reads "1.png" as the extension). A one-image record is
 written exactly as before.
 
+A synthetic record also says what its renderer drew where, in ``meta["text_boxes"]``: each piece of text
+as ``{"text": str, "box": [x0, y0, x1, y1]}`` in image pixels (origin top-left; ``"angle"`` in degrees when
+it is slanted). `text_boxes_problem` checks the shape; the tower's reading loss is built from them.
+
 Shards are read into Records by molmini/data/reader.py, and streamed for training by stream.py. No
 torch here: the data commands (synth, convert, curate, inspect) write and read records without loading it.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,6 +127,9 @@ class Record:
         types = meta.get("qa_types", [])
         if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
             raise RecordError(f"sample {key!r}: meta.qa_types is not a list of strings", "invalid_schema")
+        problem = text_boxes_problem(meta.get("text_boxes", []))
+        if problem:
+            raise RecordError(f"sample {key!r}: meta.text_boxes {problem}", "invalid_schema")
         image, extra = _sample_images(sample, key, exts, members, body.get("num_images", 1))
         return cls(key=key, image=image, messages=body["messages"], source=body.get("source", ""),
                    task=body.get("task", ""), meta=body.get("meta", {}), image_ext=exts[0] if exts else "png",
@@ -171,6 +179,28 @@ def _sample_images(sample: dict[str, Any], key: str, exts: list[str], members: l
     if not all(isinstance(data, (bytes, bytearray)) for data in [first or b"", *(data for data, _ in others)]):
         raise RecordError(f"sample {key!r}: its image member is not bytes", "invalid_schema")
     return (None if first is None else bytes(first)), [(bytes(data), ext) for data, ext in others]
+
+
+def text_boxes_problem(boxes: Any) -> str:
+    """What is wrong with a record's ``meta["text_boxes"]`` ("" when nothing is): the text its renderer drew
+    and where, a list of ``{"text": str, "box": [x0, y0, x1, y1], "angle": degrees (optional)}`` in image
+    pixels, origin top-left, x0 <= x1 and y0 <= y1 (data_pipelines/synth/text_boxes.py writes them). A
+    record without them is valid; the tower's reading loss only reads records that have them."""
+    if not isinstance(boxes, list):
+        return f"is {type(boxes).__name__}, not a list"
+    for n, entry in enumerate(boxes):
+        if not isinstance(entry, dict) or not isinstance(entry.get("text"), str) or not entry["text"]:
+            return f"entry {n} has no text (each is an object with a non-empty 'text' string)"
+        box = entry.get("box")
+        if not isinstance(box, list) or len(box) != 4 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box):
+            return f"entry {n} ({_short(entry['text'])}) has no box of 4 numbers"
+        if box[0] > box[2] or box[1] > box[3] or box[0] < 0 or box[1] < 0:
+            return f"entry {n} ({_short(entry['text'])}) has box {box}, not [x0, y0, x1, y1] with 0 <= x0 <= x1, 0 <= y0 <= y1"
+        angle = entry.get("angle", 0)
+        if not isinstance(angle, (int, float)) or isinstance(angle, bool) or not math.isfinite(angle):
+            return f"entry {n} ({_short(entry['text'])}) has angle {angle!r}, not a number of degrees"
+    return ""
 
 
 def strip_image_marker(text: str) -> str:

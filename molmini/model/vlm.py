@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from molmini.config import ModelConfig, from_dict
+from molmini.config import ModelConfig, ReadingConfig, from_dict
 from molmini.data.images import SINGLE_IMAGE, ImageInput
 from molmini.data.processor import MolminiProcessor, ProcessorConfig
 from molmini.data.tokenizer import IMAGE_PATCH, special_token_ids
@@ -25,7 +25,8 @@ from molmini.hub.checkpoint_files import CHECKPOINT_FILES, resolve_checkpoint
 from molmini.hub.publish import push_folder, write_model_card
 from molmini.model.connector import build_connector
 from molmini.model.language_model import build_language_model, enable_transformers_checkpointing
-from molmini.model.loss import head_outputs
+from molmini.model.loss import IGNORE_INDEX, head_outputs
+from molmini.model.reading import READ_HEAD, build_read_head, read_outputs
 from molmini.model.vision import VisionTower
 
 CONFIG_FILE = "config.json"
@@ -51,6 +52,8 @@ class MolminiModel(nn.Module):
         # Molmo's pad embedding: added to the features of patches that are all padding (row 0) or partly
         # padding (row 1), so the model can tell letterboxing from image content. Zero at the start.
         self.pad_embed = nn.Parameter(torch.zeros(2, self.vision.output_dim))
+        # The reading loss's head (model/reading.py): only while model.reading.weight > 0, never saved.
+        self.read_head = build_read_head(self.vision.output_dim, len(tokenizer)) if config.reading.weight > 0 else None
         self.register_buffer("image_mean", torch.tensor(self.vision.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(self.vision.image_std).view(1, 3, 1, 1), persistent=False)
         derived = ProcessorConfig.for_model(config, self.vision, self.connector, max_length)
@@ -71,6 +74,8 @@ class MolminiModel(nn.Module):
         """Parameters outside the vision tower and the LM belong to the connector: the connector module itself
         and the pad embedding it reads (Molmo trains them together)."""
         owner = parameter_name.split(".", 1)[0]
+        if owner == READ_HEAD:  # the reading head reads the tower's features: it trains and freezes with it
+            return "vision"
         return owner if owner in ("vision", "lm") else "connector"
 
     def apply_lora(self, r: int, alpha: int, dropout: float, target_modules: list[str]) -> None:
@@ -102,31 +107,39 @@ class MolminiModel(nn.Module):
                             load_pretrained=False, saved_lm_config=lm.config.to_dict())
 
     # ---- forward ------------------------------------------------------------------------------------
-    def image_features(self, pixel_values: torch.Tensor, pad_fraction: torch.Tensor, pool_index: torch.Tensor
-                       ) -> torch.Tensor:
+    def patch_features(self, pixel_values: torch.Tensor, pad_fraction: torch.Tensor) -> torch.Tensor:
+        """uint8 crops [N, 3, S, S] -> the tower's patch features [N, P, D], pad-marked (Molmo's pad embedding
+        added to the patches that are all or partly padding)."""
+        x = (pixel_values.float() / 255.0 - self.image_mean.float()) / self.image_std.float()
+        feats = self.vision(x.to(self.pad_embed.dtype))
+        pad = pad_fraction.to(feats.dtype).unsqueeze(-1)
+        return feats + self.pad_embed[0] * (pad >= 1) + self.pad_embed[1] * ((pad > 0) & (pad < 1))
+
+    def image_features(self, pixel_values: torch.Tensor, pad_fraction: torch.Tensor, pool_index: torch.Tensor,
+                       feats: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 crops [N, 3, S, S] -> [T, LM width], one row per image placeholder of the batch: the tower's
         patch features (pad-marked), gathered into the processor's pooling windows, through the connector.
         A batch of text-only samples (N = 0) gives [0, LM width]: the tower and connector then run on one
         blank crop and window that are dropped at the end, so every parameter stays in the graph (with a zero
-        gradient: DDP expects one for each) and the step is the same code with or without images."""
+        gradient: DDP expects one for each) and the step is the same code with or without images. `feats`:
+        the patch features when the caller has them already."""
         no_image = pixel_values.shape[0] == 0
         if no_image:
             pixel_values = pixel_values.new_zeros((1, *pixel_values.shape[1:]))
             pad_fraction = pad_fraction.new_zeros((1, *pad_fraction.shape[1:]))
             pool_index = pool_index.new_zeros((1, *pool_index.shape[1:]))
-        x = (pixel_values.float() / 255.0 - self.image_mean.float()) / self.image_std.float()
-        feats = self.vision(x.to(self.pad_embed.dtype))
-        pad = pad_fraction.to(feats.dtype).unsqueeze(-1)
-        feats = feats + self.pad_embed[0] * (pad >= 1) + self.pad_embed[1] * ((pad > 0) & (pad < 1))
+            feats = None
+        if feats is None:
+            feats = self.patch_features(pixel_values, pad_fraction)
         windows = feats.flatten(0, 1)[pool_index.clamp(min=0)]
         features = self.connector(windows, pool_index >= 0)
         return features[:0] if no_image else features
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, pad_fraction: torch.Tensor,
-              pool_index: torch.Tensor) -> torch.Tensor:
+              pool_index: torch.Tensor, feats: torch.Tensor | None = None) -> torch.Tensor:
         embeds = self.lm.get_input_embeddings()(input_ids)
         placeholders = input_ids == self.token_ids[IMAGE_PATCH]
-        feats = self.image_features(pixel_values, pad_fraction, pool_index).to(embeds.dtype)
+        feats = self.image_features(pixel_values, pad_fraction, pool_index, feats).to(embeds.dtype)
         # Data-dependent, so eager inference only: a compiled step would break its graph here, and on a GPU
         # the comparison makes the host wait for the device every step. Training batches come from the
         # processor's collate, which checks them on the host; this catches hand-built inputs to generate.
@@ -138,16 +151,31 @@ class MolminiModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
                 pad_fraction: torch.Tensor, pool_index: torch.Tensor, labels: torch.Tensor | None = None,
                 segment_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                return_logits: bool = True, **_: Any) -> dict[str, torch.Tensor]:
+                return_logits: bool = True, read_labels: torch.Tensor | None = None, **_: Any
+                ) -> dict[str, torch.Tensor]:
         """Logits [B, L, V] (unless `return_logits=False`) and, given labels, the loss summed over the answer
         tokens (`loss_sum`), their count and their mean. The loss runs the LM head at answer positions only
-        (molmini/model/loss.py); the training loop asks for no logits, so no full-vocabulary work is done."""
-        embeds = self.embed(input_ids, pixel_values, pad_fraction, pool_index)
+        (molmini/model/loss.py); the training loop asks for no logits, so no full-vocabulary work is done.
+        With the reading head and `read_labels` (the processor's per-patch targets), also `read_loss` and
+        the counts behind read_accuracy; with model.reading.answer_weight 0, only those (the LM is not run)."""
+        reading = self.read_head is not None and read_labels is not None
+        feats = self.patch_features(pixel_values, pad_fraction) if reading and pixel_values.shape[0] else None
+        read = {}
+        if reading and feats is not None:
+            read = read_outputs(self.read_head(feats), read_labels, self.processor.pad_token_id)
+        elif reading:  # no image in the batch: a zero reading loss that keeps the head in the graph (DDP)
+            zero = self.read_head.weight.sum() * 0
+            read = {"read_loss": zero, "read_correct": zero.long(), "read_count": zero.long()}
+        if reading and self.config.reading.answer_weight == 0:  # the reading stage: the tower and the head alone
+            zero = read["read_loss"] * 0
+            count = (labels != IGNORE_INDEX).sum() if labels is not None else zero.long()
+            return {"loss_sum": zero, "num_loss_tokens": count, "loss": zero, **read}
+        embeds = self.embed(input_ids, pixel_values, pad_fraction, pool_index, feats)
         if segment_ids is not None:  # Molmo's multi-annotation masking
             attention_mask = annotation_mask(segment_ids, attention_mask, embeds.dtype)
         hidden = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask,
                                        position_ids=position_ids).last_hidden_state
-        return head_outputs(hidden, self.lm.get_output_embeddings(), labels, return_logits)
+        return {**head_outputs(hidden, self.lm.get_output_embeddings(), labels, return_logits), **read}
 
     # ---- generation ---------------------------------------------------------------------------------
     @property
@@ -234,11 +262,17 @@ class MolminiModel(nn.Module):
         from molmini.hub.checkpoint_files import transformers_config_fields, write_remote_code
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        # The sequence budget (max_length) is the processor's, in processor_config.json only.
-        config = {**transformers_config_fields(self), "model": dataclasses.asdict(self.config),
-                  "lm_config": self.lm.config.to_dict()}
+        # The sequence budget (max_length) is the processor's, in processor_config.json only. The reading head
+        # is a training device: the checkpoint is the model without it (and says so: reading off).
+        model = dataclasses.asdict(self.config)
+        model["reading"] = dataclasses.asdict(ReadingConfig())
+        config = {**transformers_config_fields(self), "model": model, "lm_config": self.lm.config.to_dict()}
         (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str))
-        save_model(self, str(folder / WEIGHTS_FILE))
+        head, self.read_head = self.read_head, None
+        try:
+            save_model(self, str(folder / WEIGHTS_FILE))
+        finally:
+            self.read_head = head
         self.processor.save_pretrained(folder)
         write_remote_code(folder)
         self.write_model_card(folder, eval_results=eval_results, training=training)

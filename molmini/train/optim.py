@@ -10,6 +10,7 @@ from torch import nn
 
 from molmini.config import OptimConfig
 from molmini.model.interface import COMPONENTS
+from molmini.model.reading import READ_HEAD
 from molmini.train.stages import component_parameters
 
 
@@ -21,12 +22,16 @@ def _component_setting(optim: OptimConfig, component: str) -> tuple[float, int]:
 
 def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
     """Trainable parameters in groups by component and weight decay (none for biases, norms and
-    embeddings); each group carries its component's `lr` and `warmup`. Frozen parameters are left out."""
+    embeddings); each group carries its component's `lr` and `warmup`. Frozen parameters are left out.
+    The reading head (model.reading) is a group of its own, "reader", with optim.lr_reader / warmup_reader."""
     groups = []
-    for component in COMPONENTS:
+    for component in (*COMPONENTS, "reader"):
         lr, warmup = _component_setting(optim, component)
         decay, no_decay = [], []
-        for name, p in component_parameters(model, component):
+        named = [(n, p) for n, p in model.named_parameters() if n.startswith(READ_HEAD + ".")] \
+            if component == "reader" else \
+            [(n, p) for n, p in component_parameters(model, component) if not n.startswith(READ_HEAD + ".")]
+        for name, p in named:
             if p.requires_grad:
                 (no_decay if p.ndim < 2 or "embed" in name else decay).append(p)
         for params, wd, kind in ((decay, optim.weight_decay, "decay"), (no_decay, 0.0, "no_decay")):

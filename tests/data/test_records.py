@@ -49,3 +49,26 @@ def test_a_key_webdataset_would_split_and_a_missing_json_are_named():
     assert e.value.reason == "missing_member" and ".json" in str(e.value)
     with pytest.raises(RecordError, match="text-only"):
         Record(key="t", image=None, messages=make_records(1)[0].messages).load_image()
+
+
+@pytest.mark.parametrize("boxes, named", [
+    ({"text": "a"}, "not a list"),
+    ([{"box": [0, 0, 1, 1]}], "no text"),
+    ([{"text": "Bread", "box": [0, 0, 1]}], "no box of 4 numbers"),
+    ([{"text": "Bread", "box": [5, 0, 1, 1]}], "x0 <= x1"),
+    ([{"text": "Bread", "box": [0, 0, 1, float("nan")]}], "no box of 4 numbers"),
+    ([{"text": "Bread", "box": [0, 0, 1, 1], "angle": "45"}], "not a number of degrees"),
+])
+def test_text_boxes_of_the_wrong_shape_are_refused_naming_the_entry(boxes, named):
+    body = {"messages": make_records(1)[0].messages, "meta": {"text_boxes": boxes}}
+    with pytest.raises(RecordError) as e:
+        Record.from_sample({"__key__": "boxed", "png": png_bytes("red"), "json": json.dumps(body).encode()})
+    assert e.value.reason == "invalid_schema" and "meta.text_boxes" in str(e.value) and named in str(e.value)
+
+
+def test_text_boxes_of_the_right_shape_are_kept_and_records_without_them_stay_valid():
+    boxes = [{"text": "Bread", "box": [1.5, 2, 30, 12.5]}, {"text": "42", "box": [3, 4, 9, 10], "angle": 45.0}]
+    record = Record(key="boxed", image=png_bytes("red"), messages=make_records(1)[0].messages,
+                    meta={"text_boxes": boxes})
+    assert Record.from_sample(record.to_sample()).meta["text_boxes"] == boxes
+    assert "text_boxes" not in Record.from_sample(make_records(1)[0].to_sample()).meta

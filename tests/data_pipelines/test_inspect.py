@@ -29,3 +29,20 @@ def test_contact_sheet_shows_the_requested_records_and_reports_unreadable_ones(t
     # the same four readable records, plus one line naming the unreadable one
     assert with_bad.height == clean.height + LINE_HEIGHT + 8
     assert with_bad.crop((0, 0, clean.width, clean.height)).tobytes() == clean.tobytes()
+
+
+def test_draw_boxes_outlines_the_recorded_text_boxes_and_nothing_else(tmp_path):
+    import numpy as np
+
+    from data_pipelines.synth.charts import synthesize
+    synthesize(tmp_path / "charts", 2, seed=1, image_px=128, shard_size=2, progress=False)
+    plain, boxed = tmp_path / "plain.png", tmp_path / "boxed.png"
+    for out, extra in ((plain, []), (boxed, ["--draw-boxes"])):
+        assert main(["inspect", "--input", str(tmp_path / "charts"), "--out", str(out), "--num", "1",
+                     "--tile-px", "128", *extra]) == 0
+    a = np.asarray(Image.open(plain).convert("RGB")).astype(int)[8:136, 8:136]
+    b = np.asarray(Image.open(boxed).convert("RGB")).astype(int)[8:136, 8:136]
+    changed = np.argwhere((a != b).any(-1))
+    assert len(changed)
+    red = (b[..., 0] > 200) & (b[..., 1] < 60) | (b[..., 0] > 200) & (b[..., 1] > 100) & (b[..., 2] < 60)
+    assert red[tuple(changed.T)].mean() > 0.95  # what changed is the outlines

@@ -18,10 +18,11 @@ def test_synth_command_writes_a_verified_manifest(tmp_path, generator, extra, wa
                  "--shard-size", "2", *extra]) == 0
     manifest = verify_manifest(out)
     assert (manifest["generator"], manifest["params"]) == want
-    assert manifest["generator_version"] == "1" and manifest["num_samples"] == 3 and len(manifest["shards"]) == 2
+    assert manifest["generator_version"] == "2" and manifest["num_samples"] == 3 and len(manifest["shards"]) == 2
     records = list(iter_records(find_shards(out)))
     assert [r.key for r in records] == [f"{generator}-train-{i:08d}" for i in range(3)]
     assert all(r.meta["transcript"] and len(r.meta["qa_types"]) == len(r.qa_pairs()) for r in records)
+    assert all(r.meta["text_boxes"] for r in records)  # what each drew where
 
 
 def test_full_variety_defaults_to_larger_images(tmp_path):
