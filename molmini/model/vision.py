@@ -56,7 +56,12 @@ class ConvStem(nn.Module):
 
 
 class VisionTower(nn.Module):
-    """Wraps `open_clip.create_model(name, pretrained).visual`; `forward` gives [B, patches, dim] without CLS."""
+    """Wraps `open_clip.create_model(name, pretrained).visual`; `forward` gives [B, patches, dim] without CLS.
+
+    Three kinds of tower: open_clip's own ViTs, timm-backed ViTs (SigLIP, ...), and timm-backed convolutional
+    towers (CLIP ConvNeXt, `convnext_*`, and molmini's small `molmini-convnext`). A convolutional tower's
+    patch grid is the feature map of the chosen stages (`feature_layers` index the stages; they must share
+    one stride, which is then the tower's patch size), so crops, pad marks and connectors work unchanged."""
 
     def __init__(self, cfg: VisionConfig, load_pretrained: bool = True):
         super().__init__()
@@ -83,10 +88,18 @@ class VisionTower(nn.Module):
         # wrap a timm ViT as `trunk`. Both give patch features through forward_intermediates.
         trunk = getattr(self.visual, "trunk", None)
         self.is_timm = trunk is not None
+        self.is_conv = self.is_timm and hasattr(trunk, "stages") and not hasattr(trunk, "blocks")
+        if self.is_conv:
+            if cfg.conv_stem:
+                raise ValueError(f"vision.conv_stem is for ViT towers; {cfg.model_name!r} is convolutional "
+                                 "already: set vision.conv_stem=[]")
+            self._init_conv(cfg, trunk)
+            return
         if self.is_timm:
             if not hasattr(trunk, "blocks") or not hasattr(trunk, "forward_intermediates"):
                 raise ValueError(f"vision tower {cfg.model_name!r} wraps timm model {type(trunk).__name__}, "
-                                 "which is not a ViT with patch tokens; choose a ViT tower")
+                                 "which is neither a ViT with patch tokens nor a convolutional tower with stages; "
+                                 "choose a ViT or a ConvNeXt tower")
             patch, n_blocks, width = trunk.patch_embed.patch_size, len(trunk.blocks), trunk.embed_dim
         else:
             patch, n_blocks = self.visual.patch_size, len(self.visual.transformer.resblocks)
@@ -108,7 +121,29 @@ class VisionTower(nn.Module):
         else:
             self.visual.prune_intermediate_layers(self.layers, prune_norm=True, prune_head=True)
 
+    def _init_conv(self, cfg: VisionConfig, trunk: nn.Module) -> None:
+        """A convolutional tower: the chosen stages' feature maps, at one stride, are the patch grid."""
+        stages = trunk.feature_info  # one entry a stage: channels and total stride
+        self.layers = sorted({l % len(stages) for l in cfg.feature_layers})
+        strides = {stages[i]["reduction"] for i in self.layers}
+        if len(strides) != 1:
+            raise ValueError(f"vision.feature_layers {list(cfg.feature_layers)} pick stages of {cfg.model_name!r} "
+                             f"with strides {sorted(strides)}; a convolutional tower's chosen stages must share "
+                             "one stride (its patch size), e.g. feature_layers=[-2]")
+        self.patch_size = strides.pop()
+        if self.image_size % self.patch_size:
+            raise ValueError(f"the image size {self.image_size} of {cfg.model_name!r} is not a multiple of the "
+                             f"stride {self.patch_size} of the chosen stages; change vision_cfg.image_size")
+        self.output_dim = sum(stages[i]["num_chs"] for i in self.layers)
+        # Stages after the last chosen one, the final norm and the head are never used: dropped (DDP, memory).
+        trunk.prune_intermediate_layers(self.layers, prune_norm=True, prune_head=True)
+        self.visual.head = nn.Identity()
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.is_conv:
+            maps = self.visual.trunk.forward_intermediates(pixel_values, indices=self.layers, stop_early=True,
+                                                           intermediates_only=True)
+            return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=-1)  # [B, H*W, C], row-major
         out = self.visual.forward_intermediates(pixel_values, indices=self.layers, stop_early=True,
                                                 intermediates_only=True, output_fmt="NLC")
         return torch.cat(out["image_intermediates"], dim=-1)
