@@ -90,7 +90,8 @@ def main() -> int:
         while True:
             elapsed = time.perf_counter() - start
             if elapsed >= next_eval or elapsed >= args.seconds:
-                row = {"tower": tower, "vision_params": params, "step": step, "samples": seen,
+                row = {"date": time.strftime("%Y-%m-%d"), "seconds_budget": args.seconds, "tower": tower,
+                       "vision_params": params, "step": step, "samples": seen,
                        "train_s": round(elapsed, 1), "read_accuracy": score(model, held)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)

@@ -154,12 +154,10 @@ def validate(cfg: Config) -> None:
         if value < low:
             raise ConfigError(f"config key {key!r} must be at least {low}, got {value!r}")
     reading = cfg.model.reading
-    if reading.weight == 0 and reading.answer_weight == 0:
-        raise ConfigError("model.reading.answer_weight=0 with model.reading.weight=0 leaves no loss to train; "
-                          "set model.reading.weight above 0 (the reading stage) or the answer weight back to 1")
-    if reading.weight > 0 and cfg.model.hf_vlm:
-        raise ConfigError("model.reading.weight > 0 puts a reading head on molmini's own tower; a transformers VLM "
-                          "(model.hf_vlm) has its own: set model.reading.weight=0")
+    if reading.answer_weight == 0 and (reading.weight == 0 or cfg.model.hf_vlm):
+        raise ConfigError("model.reading.answer_weight=0 leaves no loss to train without the reading loss (off at "
+                          "model.reading.weight=0, and for a transformers VLM, model.hf_vlm); set the answer weight "
+                          "back to 1")
     for key, value in (("data.transcript_prob", cfg.data.transcript_prob),
                        ("train.lora.dropout", cfg.train.lora.dropout)):
         if not 0 <= value <= 1:

@@ -74,7 +74,8 @@ class ReadingConfig:
     every patch of every crop, the text token its renderer drew there (from a synthetic record's
     meta.text_boxes; molmini/data/reading.py builds the targets). A direct, dense signal for a tower that
     learns to read from scratch. Off at weight 0: no head, no targets, the run exactly as without it. The
-    head is left out of a saved checkpoint (it has no place in inference)."""
+    head is left out of a saved checkpoint (it has no place in inference). A transformers VLM (model.hf_vlm)
+    brings its own tower and is trained without it."""
     weight: float = 0.0
     # The answer loss's weight beside it. 0 trains the tower and the head alone (configs/stages/0_read.yaml):
     # the connector and the LM are then not run at all.

@@ -313,7 +313,7 @@ def train_step(run: Run) -> StepResult:
         run.interval.add(batch, samples=len(info.keys))
         micro_batches.append({k: v.to(accelerator.device) for k, v in batch.items()})
     reading = {"weight": cfg.model.reading.weight, "answer_weight": cfg.model.reading.answer_weight} \
-        if cfg.model.reading.weight > 0 else None
+        if cfg.model.reading.weight > 0 and not cfg.model.hf_vlm else None  # a transformers VLM has no head
     loss, _ = accumulate_gradients(run.model, micro_batches, accelerator, reading)
     # grad_clip <= 0: no clipping, but the norm is still measured (and guarded).
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf

@@ -22,6 +22,7 @@ TINY_OVERRIDES = [
     "model.lm.config={model_type: llama, hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 2, "
     "num_key_value_heads: 2, intermediate_size: 128, max_position_embeddings: 256, tie_word_embeddings: true}",
     "model.tokenizer.vocab_size=300",
+    "model.reading.weight=0",  # the tiny model as before the reading loss; its tests turn it on (tests/model/test_reading.py)
 ]
 
 

@@ -194,3 +194,12 @@ def test_a_run_with_the_reading_loss_logs_it_and_its_held_out_accuracy(tmp_path)
     assert [0 <= r["read_accuracy"] <= 1 for r in log if "eval_loss" in r] == [True, True]
     assert "lr_reader" in log[0] and summary["steps"] == 4
     assert MolminiModel.from_pretrained(tmp_path / "run" / "checkpoint").read_head is None
+
+
+def test_the_answer_loss_off_needs_the_reading_loss_on():
+    from molmini.config import ConfigError
+    with pytest.raises(ConfigError, match="no loss to train"):
+        tiny_config("model.reading.answer_weight=0")
+    with pytest.raises(ConfigError, match="at least 0"):
+        tiny_config("model.reading.weight=-1")
+    assert tiny_config(*READING, "model.reading.answer_weight=0").model.reading.answer_weight == 0
