@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 
 # Curves drawn by `plot`, each on its own panel when the log has it: (title, keys of train_log.jsonl).
-PANELS = [("loss per answer token", ["loss", "eval_loss"]), ("learning rate", ["lr_vision", "lr_connector", "lr_lm"]),
+PANELS = [("loss per answer token", ["loss", "eval_loss"]), ("reading loss (model.reading)", ["read_loss"]),
+          ("held-out read accuracy", ["read_accuracy"]),
+          ("learning rate", ["lr_vision", "lr_connector", "lr_lm", "lr_reader"]),
           ("gradient norm", ["grad_norm"]), ("throughput (samples/s)", ["samples_per_s"]),
           ("throughput (tokens/s)", ["tokens_per_s"]), ("time waiting for data (s per log interval)", ["data_wait_s"]),
           ("MFU", ["mfu"]), ("GPU memory (GiB)", ["gpu_mem_gb"])]
