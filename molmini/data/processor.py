@@ -101,11 +101,11 @@ class MolminiProcessor:
         windows = torch.cat([pool_windows(v, c.pool) for v in tiled.views])
         out = {"pixel_values": tiled.crops, "pad_fraction": tiled.pad_fraction, "pool_index": windows,
                "image_tokens": tokens}
-        if c.read_targets:
-            out["read_labels"] = read_targets(tiled, text_boxes or [], self._text, self.pad_token_id, IGNORE_INDEX,
+        if c.read_targets and text_boxes is None:
+            out["read_labels"] = torch.full(tiled.pad_fraction.shape, IGNORE_INDEX, dtype=torch.long)
+        elif c.read_targets:
+            out["read_labels"] = read_targets(tiled, text_boxes, self._text, self.pad_token_id, IGNORE_INDEX,
                                               c.image_size, c.patch_size)
-            if text_boxes is None:
-                out["read_labels"].fill_(IGNORE_INDEX)
         return out
 
     def no_images(self) -> dict[str, torch.Tensor]:
@@ -208,9 +208,8 @@ class MolminiProcessor:
     def process_record(self, record: Record, messages: Sequence[dict[str, str]] | None = None) -> dict[str, Any]:
         """Model inputs for a record with one image, several, or none (text-only: zero crops)."""
         # A synthetic record's text boxes are those of its first image (the one its renderer drew).
-        boxes = [record.meta.get("text_boxes")] if self.config.read_targets else []
-        images = [self.process_image(image, boxes[0] if boxes and n == 0 else None)
-                  for n, image in enumerate(record.load_images())]
+        boxes = record.meta.get("text_boxes") if self.config.read_targets else None
+        images = [self.process_image(image, boxes if n == 0 else None) for n, image in enumerate(record.load_images())]
         sample = self.encode_conversation(messages if messages is not None else record.messages, images)
         sample.update(self.stack_images(images), key=record.key)
         return sample
@@ -308,8 +307,6 @@ def _stack_images(processed: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor
         offset += p["pixel_values"].shape[0] * patches
     out = {"pixel_values": torch.cat([p["pixel_values"] for p in processed]),
            "pad_fraction": torch.cat([p["pad_fraction"] for p in processed]), "pool_index": torch.cat(windows)}
-    if any("read_labels" in p for p in processed):  # the reading targets ride with their crops
-        out["read_labels"] = torch.cat([p["read_labels"] if "read_labels" in p else
-                                        torch.full(p["pad_fraction"].shape, IGNORE_INDEX, dtype=torch.long)
-                                        for p in processed])
+    if "read_labels" in processed[0]:  # the reading targets ride with their crops (one processor made them all)
+        out["read_labels"] = torch.cat([p["read_labels"] for p in processed])
     return out

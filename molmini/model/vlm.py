@@ -25,7 +25,7 @@ from molmini.hub.checkpoint_files import CHECKPOINT_FILES, resolve_checkpoint
 from molmini.hub.publish import push_folder, write_model_card
 from molmini.model.connector import build_connector
 from molmini.model.language_model import build_language_model, enable_transformers_checkpointing
-from molmini.model.loss import IGNORE_INDEX, head_outputs
+from molmini.model.loss import count_loss_tokens, head_outputs
 from molmini.model.reading import READ_HEAD, build_read_head, read_outputs
 from molmini.model.vision import VisionTower
 
@@ -158,18 +158,18 @@ class MolminiModel(nn.Module):
         (molmini/model/loss.py); the training loop asks for no logits, so no full-vocabulary work is done.
         With the reading head and `read_labels` (the processor's per-patch targets), also `read_loss` and
         the counts behind read_accuracy; with model.reading.answer_weight 0, only those (the LM is not run)."""
-        reading = self.read_head is not None and read_labels is not None
-        feats = self.patch_features(pixel_values, pad_fraction) if reading and pixel_values.shape[0] else None
-        read = {}
-        if reading and feats is not None:
-            read = read_outputs(self.read_head(feats), read_labels, self.processor.pad_token_id)
-        elif reading:  # no image in the batch: a zero reading loss that keeps the head in the graph (DDP)
-            zero = self.read_head.weight.sum() * 0
-            read = {"read_loss": zero, "read_correct": zero.long(), "read_count": zero.long()}
-        if reading and self.config.reading.answer_weight == 0:  # the reading stage: the tower and the head alone
-            zero = read["read_loss"] * 0
-            count = (labels != IGNORE_INDEX).sum() if labels is not None else zero.long()
-            return {"loss_sum": zero, "num_loss_tokens": count, "loss": zero, **read}
+        feats, read = None, {}
+        if self.read_head is not None and read_labels is not None:
+            if pixel_values.shape[0]:
+                feats = self.patch_features(pixel_values, pad_fraction)  # shared with the connector below
+                read = read_outputs(self.read_head(feats), read_labels, self.processor.pad_token_id)
+            else:  # no image in the batch: a zero reading loss that keeps the head in the graph (DDP)
+                zero = self.read_head.weight.sum() * 0
+                read = {"read_loss": zero, "read_correct": zero.long(), "read_count": zero.long()}
+            if self.config.reading.answer_weight == 0:  # the reading stage: the tower and the head alone
+                zero = read["read_loss"] * 0
+                count = count_loss_tokens(labels) if labels is not None else zero.long()
+                return {"loss_sum": zero, "num_loss_tokens": count, "loss": zero, **read}
         embeds = self.embed(input_ids, pixel_values, pad_fraction, pool_index, feats)
         if segment_ids is not None:  # Molmo's multi-annotation masking
             attention_mask = annotation_mask(segment_ids, attention_mask, embeds.dtype)

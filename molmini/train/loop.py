@@ -80,20 +80,19 @@ def rebuild_for_stage(model: VisionLanguageModel, cfg: Config) -> VisionLanguage
 
 
 def accumulate_gradients(model, micro_batches: list[dict[str, torch.Tensor]], accelerator: Accelerator,
-                         reading: dict[str, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         reading: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward over one optimizer step's micro-batches with the loss divided by the number of loss tokens
     in the global batch (all processes, all micro-batches), so every answer token weighs the same however
     the batch is split. Returns the global mean loss and that token count.
 
-    `reading` ({"weight", "answer_weight"}: model.reading) adds the reading loss, the mean over patches of
-    each micro-batch, weighted, beside the answer loss (weighted by answer_weight); its mean over the step
-    and all processes comes back in reading["read_loss"]."""
+    `reading` (model.reading's {"weight", "answer_weight"}): when the model gives a reading loss (it has a
+    reading head), that loss, the mean over each micro-batch's patches, is added with its weight beside the
+    answer loss with answer_weight; its mean over the step and all processes (a tensor) comes back in
+    reading["read_loss"]."""
     local_tokens = sum(count_loss_tokens(b["labels"]) for b in micro_batches)
     global_tokens = accelerator.reduce(local_tokens.detach().float(), "sum").clamp(min=1)
     loss_sum = torch.zeros((), device=accelerator.device)
-    read_sum = torch.zeros((), device=accelerator.device)
-    read_weight = reading["weight"] if reading else 0.0
-    answer_weight = reading["answer_weight"] if reading else 1.0
+    read_sum = None
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         # Gradients are synchronised once, after the last micro-batch.
@@ -101,20 +100,14 @@ def accumulate_gradients(model, micro_batches: list[dict[str, torch.Tensor]], ac
             out = model(**batch, return_logits=False)
             # DDP averages gradients over processes, so scale by their count to get the global-batch mean.
             loss = out["loss_sum"] * accelerator.num_processes / global_tokens
-            if read_weight:
-                loss = answer_weight * loss + read_weight * out["read_loss"] / len(micro_batches)
-                read_sum += out["read_loss"].detach().float()
+            if reading and "read_loss" in out:
+                loss = reading["answer_weight"] * loss + reading["weight"] * out["read_loss"] / len(micro_batches)
+                read_sum = out["read_loss"].detach().float() + (0 if read_sum is None else read_sum)
             accelerator.backward(loss)
         loss_sum += out["loss_sum"].detach().float()
-    if read_weight:
-        reading["read_loss"] = (accelerator.reduce(read_sum, "mean") / len(micro_batches)).item()
+    if read_sum is not None:
+        reading["read_loss"] = accelerator.reduce(read_sum, "mean") / len(micro_batches)
     return accelerator.reduce(loss_sum, "sum") / global_tokens, global_tokens
-
-
-@torch.no_grad()
-def heldout_loss(model, loader, accelerator: Accelerator, batches: int) -> float:
-    """Mean loss per answer token over `batches` batches of the held-out split on every process."""
-    return heldout_metrics(model, loader, accelerator, batches)["eval_loss"]
 
 
 @torch.no_grad()
@@ -138,7 +131,8 @@ def heldout_metrics(model, loader, accelerator: Accelerator, batches: int) -> di
             reading = True
             read += torch.stack([out["read_correct"], out["read_count"]]).float()
     model.train()
-    metrics = {"eval_loss": (accelerator.reduce(loss_sum, "sum") / accelerator.reduce(tokens, "sum").clamp(min=1)).item()}
+    tokens = accelerator.reduce(tokens, "sum").clamp(min=1)
+    metrics = {"eval_loss": (accelerator.reduce(loss_sum, "sum") / tokens).item()}
     if reading:
         correct, counted = accelerator.reduce(read, "sum").tolist()
         metrics["read_accuracy"] = round(correct / max(counted, 1), 4)
@@ -203,7 +197,7 @@ class Run:
 class StepResult:
     loss: torch.Tensor
     grad_norm: Any
-    read_loss: float | None = None  # the reading loss of the step, when the run has one
+    read_loss: torch.Tensor | None = None  # the reading loss of the step, when the model has a reading head
 
 
 def train(cfg: Config, run_dir: Path, accelerator: Accelerator | None = None, resume: str = "") -> dict[str, Any]:
@@ -312,8 +306,7 @@ def train_step(run: Run) -> StepResult:
         run.position.update(info.position)
         run.interval.add(batch, samples=len(info.keys))
         micro_batches.append({k: v.to(accelerator.device) for k, v in batch.items()})
-    reading = {"weight": cfg.model.reading.weight, "answer_weight": cfg.model.reading.answer_weight} \
-        if cfg.model.reading.weight > 0 and not cfg.model.hf_vlm else None  # a transformers VLM has no head
+    reading = {"weight": cfg.model.reading.weight, "answer_weight": cfg.model.reading.answer_weight}
     loss, _ = accumulate_gradients(run.model, micro_batches, accelerator, reading)
     # grad_clip <= 0: no clipping, but the norm is still measured (and guarded).
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
@@ -331,7 +324,7 @@ def train_step(run: Run) -> StepResult:
     run.step += 1
     if 0 < cfg.train.max_nonfinite_steps <= run.nonfinite_run:
         raise NonFiniteLossError(_nonfinite_message(run.step, run.nonfinite_run, cfg))
-    return StepResult(loss=loss, grad_norm=grad_norm, read_loss=reading.get("read_loss") if reading else None)
+    return StepResult(loss=loss, grad_norm=grad_norm, read_loss=reading.get("read_loss"))
 
 
 def log_if_due(run: Run, result: StepResult) -> None:
@@ -349,7 +342,7 @@ def log_if_due(run: Run, result: StepResult) -> None:
                "skipped_by_reason": add_counts(run.skips.by_reason, run.state.get("skipped_by_reason", {})),
                "nonfinite_steps": run.nonfinite_total}
         if result.read_loss is not None:
-            rec["read_loss"] = round(result.read_loss, 5)
+            rec["read_loss"] = round(result.read_loss.item(), 5)
     if run.eval_loader is not None and (step % cfg.train.eval_every == 0 or last):
         held = heldout_metrics(run.model, run.eval_loader, run.accelerator, cfg.train.eval_batches)
         rec = {"step": step, **rec, **{k: round(v, 5) for k, v in held.items()}}
