@@ -1,6 +1,6 @@
 """The main job's held-out report: the runner over the synthetic benchmark (every question/answer pair of
-every record in a shard folder), scored with relaxed accuracy (ChartQA) and exact match, per question
-type, beside the majority-answer baseline fitted on the training split. It adds only the report's
+every record in a shard folder), scored with relaxed accuracy (ChartQA), exact match and ANLS (DocVQA's
+metric, for extractive answers such as the synthetic documents'), per question type, beside the majority-answer baseline fitted on the training split. It adds only the report's
 shape to what `python -m eval run --benchmarks synthetic=DIR --baselines majority:TRAIN_DIR` computes."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .benchmarks import load_benchmark
-from .metrics import exact_match, relaxed_accuracy
+from .metrics import anls, exact_match, relaxed_accuracy
 from .models import MajorityAnswerBaseline, adapter_for
 from .runner import NothingToEvaluate, predict
 
@@ -55,7 +55,7 @@ def _row(prediction: dict[str, Any], majority: MajorityAnswerBaseline) -> dict[s
     base = majority.answer(qtype)
     return {"key": key, "index": int(index), "type": qtype, "question": prediction["prompt"], "answer": answer,
             "prediction": pred, "relaxed_accuracy": relaxed_accuracy(pred, answer),
-            "exact_match": exact_match(pred, answer), "majority_answer": base,
+            "exact_match": exact_match(pred, answer), "anls": anls(pred, [answer]), "majority_answer": base,
             "majority_baseline": relaxed_accuracy(base, answer)}
 
 
@@ -63,17 +63,17 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     n = len(rows)
     mean = lambda k: sum(r[k] for r in rows) / n if n else 0.0  # noqa: E731
     return {"n": n, "relaxed_accuracy": mean("relaxed_accuracy"), "exact_match": mean("exact_match"),
-            "majority_baseline": mean("majority_baseline")}
+            "anls": mean("anls"), "majority_baseline": mean("majority_baseline")}
 
 
 def format_table(results: dict[str, Any]) -> str:
     lines = [f"held-out {results['benchmark']} ({results['overall']['n']} items, relaxed accuracy %)",
-             f"{'question type':<16}{'items':>7}{'model':>9}{'exact':>9}{'majority':>10}{'gain':>8}"]
+             f"{'question type':<16}{'items':>7}{'model':>9}{'exact':>9}{'anls':>7}{'majority':>10}{'gain':>8}"]
     rows = list(results["per_type"].items()) + [("overall", results["overall"])]
     for qtype, r in rows:
         gain = 100 * (r["relaxed_accuracy"] - r["majority_baseline"])
         lines.append(f"{qtype:<16}{r['n']:>7}{100 * r['relaxed_accuracy']:>9.1f}{100 * r['exact_match']:>9.1f}"
-                     f"{100 * r['majority_baseline']:>10.1f}{gain:>+8.1f}")
+                     f"{r.get('anls', 0.0):>7.3f}{100 * r['majority_baseline']:>10.1f}{gain:>+8.1f}")
     return "\n".join(lines)
 
 

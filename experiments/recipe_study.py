@@ -75,7 +75,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                  + TRANSCRIPTS + DIGITS),
     # The thesis: a model over 4x the default's size trained the plain way (questions only, the default's
     # tokenizer and resolution), at the same wall-clock budget.
-    "plain_5x": ("5x the parameters (ViT and LM 384 wide, 6 layers), questions only", [
+    "plain_5x": ("5x the parameters (ViT and LM 384 wide, 6 layers), questions only, no reading loss", [
+        "model.reading.weight=0",
         "model.vision.vision_cfg={image_size: 128, patch_size: 16, width: 384, layers: 6, head_width: 64}",
         "model.lm.config={model_type: llama, hidden_size: 384, num_hidden_layers: 6, num_attention_heads: 6, "
         "num_key_value_heads: 6, intermediate_size: 1024, max_position_embeddings: 512, tie_word_embeddings: true}"]),

@@ -29,8 +29,20 @@ def test_exact_match_is_strict_on_numbers():
 
 
 def test_table_shows_each_type_and_the_gain_over_the_majority_baseline():
-    rows = [{"type": "count", "relaxed_accuracy": 1.0, "exact_match": 1.0, "majority_baseline": 0.0},
-            {"type": "count", "relaxed_accuracy": 1.0, "exact_match": 0.0, "majority_baseline": 1.0}]
+    rows = [{"type": "count", "relaxed_accuracy": 1.0, "exact_match": 1.0, "anls": 1.0, "majority_baseline": 0.0},
+            {"type": "count", "relaxed_accuracy": 1.0, "exact_match": 0.0, "anls": 0.5, "majority_baseline": 1.0}]
     results = {"benchmark": "b", "overall": _summary(rows), "per_type": {"count": _summary(rows)}}
     table = format_table(results)
-    assert "count" in table and "+50.0" in table and "overall" in table
+    assert "count" in table and "+50.0" in table and "overall" in table and "0.750" in table
+
+
+def test_heldout_rows_score_extractive_answers_with_anls():
+    from eval.heldout import _row
+
+    class Majority:
+        def answer(self, qtype):
+            return "x"
+    row = _row({"item_id": "doc-7-2", "golds": ["INV-20391"], "prediction": "INV-20381", "subset": "identifier",
+                "prompt": "What is the invoice number?"}, Majority())
+    assert row["key"] == "doc-7" and row["index"] == 2 and row["exact_match"] == 0.0
+    assert abs(row["anls"] - (1 - 1 / 9)) < 1e-9  # one character of nine wrong: ANLS keeps the partial credit
