@@ -35,7 +35,8 @@ def prepare_data(cfg: Config) -> None:
         import inspect
         synthesize = importlib.import_module(f"data_pipelines.synth.{synth.generator}").synthesize
         known = set(inspect.signature(synthesize).parameters) - {"out_dir", "num_images", "seed", "split", "image_px",
-                                                                 "workers", "shard_size", "progress", "replace_own"}
+                                                                 "workers", "shard_size", "progress", "replace_own",
+                                                                 "overwrite"}
         unknown = sorted(set(synth.options) - known)
         if unknown:
             raise ConfigError(f"data.synth.options {unknown} are not options of the {synth.generator} generator; "

@@ -25,10 +25,21 @@ def _run_synth(args: argparse.Namespace) -> int:
     elif getattr(args, "variety", "basic") == "full":
         options["image_px"] = FULL_VARIETY_PX
     manifest = module.synthesize(args.out, num_images=args.num_images, seed=args.seed, split=args.split,
-                                 workers=args.workers, shard_size=args.shard_size, **options)
+                                 workers=args.workers, shard_size=args.shard_size, replace_own=False,
+                                 overwrite=args.overwrite, **options)
     print(f"{args.out}: {manifest['num_samples']} samples in {len(manifest['shards'])} shards "
           f"({manifest['generator']} v{manifest['generator_version']}, params {manifest['params']})")
     return 0
+
+
+OVERWRITE_HELP = ("replace a shard set in --out that another command line wrote: it is moved aside to "
+                  "OUT.replaced-TIMESTAMP (nothing is deleted). Without it such an --out is refused")
+
+
+def _add_out(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder for shards and manifest.json; written beside itself "
+                   "and swapped in at the end, and only when the result holds at least one record")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
 FULL_VARIETY_PX = 384  # charts with titles, legends and long labels need more pixels than the basic mix
@@ -46,7 +57,7 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
     }
     for name, (help_text, px) in described.items():
         p = generators.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--out", required=True, help="output folder for shards and manifest.json")
+        _add_out(p)
         p.add_argument("--num", "--num-images", dest="num_images", type=int, default=1000,
                        help="how many images, one record each (default: 1000)")
         p.add_argument("--seed", type=int, default=0, help="(default: 0)")
@@ -82,7 +93,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     if getattr(args, "one_record_per_row", False):
         options["group_by_image"] = False
     manifest, stats = convert(args.format, args.input, args.out, images_dir=args.images, split=args.split,
-                              shard_size=args.shard_size, **options)
+                              shard_size=args.shard_size, overwrite=args.overwrite, **options)
     skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(stats.skipped.items())) or "none"
     print(f"{args.out}: {manifest['num_samples']} records in {len(manifest['shards'])} shards from {stats.rows} "
           f"rows; skipped rows: {skipped}")
@@ -105,7 +116,7 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
     for name, (help_text, input_help, task) in described.items():
         p = formats.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--input", required=True, help=input_help)
-        p.add_argument("--out", required=True, help="output folder for shards and manifest.json")
+        _add_out(p)
         p.add_argument("--images", default=None,
                        help="folder that relative image paths start from (default: the input file's folder for "
                             "llava and captions; for parquet, embedded image bytes need none)")
@@ -130,7 +141,8 @@ def _run_curate(args: argparse.Namespace) -> int:
     from molmini.data.reader import BadRecords, find_shards, read_records
 
     if Path(args.input).resolve() == Path(args.out).resolve():
-        raise SystemExit(f"--out must differ from --input ({args.input}): writing removes the folder's shards")
+        raise ValueError(f"--out must differ from --input ({args.input}): curation writes a new set and never "
+                         "replaces its own input; pass another --out")
     evals = load_eval_set(args.eval, threshold=args.eval_threshold) if args.eval else None
     filters = standard_filters(
         min_image_side=args.min_image_side, max_aspect_ratio=args.max_aspect_ratio,
@@ -145,8 +157,16 @@ def _run_curate(args: argparse.Namespace) -> int:
         split = "train"
     params = {"input": str(args.input), "eval": [str(e) for e in args.eval],
               "filters": {f.name: f.params() for f in filters}}
+    def empty_reason() -> str:
+        if report.seen == 0 and unreadable.total == 0:
+            return (f"--input {args.input} holds no records (is it a shard folder? "
+                    f"`python -m data_pipelines inspect --input {args.input}` shows what it holds)")
+        dropped = ", ".join(f"{r.dropped} {r.name}" for r in report.filters if r.dropped) or "none"
+        bad = ", ".join(f"{n} {reason}" for reason, n in sorted(unreadable.by_reason.items())) or "none"
+        return f"kept 0 of {report.seen} records (dropped: {dropped}; unreadable: {bad})"
+
     manifest = write_shards(records, args.out, generator="curate", params=params, split=split,
-                            shard_size=args.shard_size)
+                            shard_size=args.shard_size, overwrite=args.overwrite, empty_reason=empty_reason)
     report.extra["unreadable_input_records"] = unreadable.total
     report.extra["unreadable_by_reason"] = unreadable.by_reason
     if evals is not None:
@@ -161,7 +181,9 @@ def _add_curate(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("curate", help="filter, deduplicate and decontaminate a shard folder",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--input", required=True, help="shard folder to curate")
-    p.add_argument("--out", required=True, help="output shard folder; the report is written beside the shards")
+    p.add_argument("--out", required=True, help="output shard folder; the report is written beside the shards. "
+                   "Written beside itself and swapped in at the end, only when at least one record is kept")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--eval", nargs="+", default=[], metavar="SHARD_DIR",
                    help="evaluation shard folders to decontaminate against")
     p.add_argument("--eval-threshold", type=int, default=16,
@@ -189,6 +211,14 @@ def _add_curate(commands: argparse._SubParsersAction) -> None:
 def _run_inspect(args: argparse.Namespace) -> int:
     from data_pipelines.inspect import contact_sheet
 
+    for name in ("num", "cols", "tile_px"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.max_pairs < 0:
+        raise ValueError(f"--max-pairs must be 0 or more, got {args.max_pairs}")
+    if Path(args.out).exists() and not args.overwrite:
+        raise FileExistsError(f"--out {args.out} already exists and is left as it is; choose another --out, or "
+                              "pass --overwrite to replace it")
     path = contact_sheet(args.input, args.out, num=args.num, cols=args.cols, tile_px=args.tile_px,
                          max_pairs=args.max_pairs, draw_boxes=args.draw_boxes)
     print(f"wrote {path}")
@@ -199,7 +229,8 @@ def _add_inspect(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("inspect", help="write a contact sheet PNG of samples with their questions and answers",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--input", required=True, help="shard folder")
-    p.add_argument("--out", default="contact_sheet.png", help="PNG to write")
+    p.add_argument("--out", default="contact_sheet.png", help="PNG to write (an existing file is refused)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
     p.add_argument("--num", type=int, default=16, help="how many records")
     p.add_argument("--cols", type=int, default=4, help="records per row")
     p.add_argument("--tile-px", type=int, default=200, help="image size on the sheet")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 from tqdm import tqdm
 
 from data_pipelines.report import ConversionStats
-from data_pipelines.shards import ShardWriter, atomic_output_dir
+from data_pipelines.shards import ShardWriter, atomic_output_dir, command_identity
 from molmini.data.records import Record
 
 from .sources.llava import convert_captions, convert_llava
@@ -43,13 +43,19 @@ CONVERTERS: dict[str, Callable[..., Iterator[Record]]] = {
 
 def write_shards(records: Iterable[Record], out_dir: str | os.PathLike, *, generator: str,
                  stats: ConversionStats | None = None, params: dict[str, Any] | None = None,
-                 split: str = "train", shard_size: int = 1000, progress: bool = True) -> dict[str, Any]:
+                 split: str = "train", shard_size: int = 1000, progress: bool = True, overwrite: bool = False,
+                 empty_reason: Callable[[], str] | None = None) -> dict[str, Any]:
     """Write `records` into shards in `out_dir`; the manifest counts them by source and task, and its
     params hold `params` plus the conversion stats. Returns the manifest. The shards replace those in
-    `out_dir` only once all are written: an error (an unreadable input) leaves `out_dir` as it was."""
+    `out_dir` only once all are written, and only when there is at least one record and `out_dir` holds
+    no set that another command line wrote (without `overwrite`; data_pipelines.shards.atomic_output_dir):
+    an error leaves `out_dir` as it was."""
     # The stats are complete only once every record is written, so the writer asks for them at close.
     late = (lambda: {"conversion": stats.as_dict()}) if stats is not None else None
-    with atomic_output_dir(out_dir) as tmp, \
+    identity = command_identity({"generator": generator, "seed": 0, "split": split, "params": params or {}})
+    if empty_reason is None and stats is not None:
+        empty_reason = stats.describe
+    with atomic_output_dir(out_dir, identity, overwrite=overwrite, empty_reason=empty_reason) as tmp, \
             ShardWriter(tmp, generator=generator, generator_version=CONVERTER_VERSION, split=split,
                         params=params, maxcount=shard_size, late_params=late) as writer:
         for record in tqdm(records, desc=f"{generator} -> {out_dir}", unit="rec", disable=not progress):
@@ -59,7 +65,7 @@ def write_shards(records: Iterable[Record], out_dir: str | os.PathLike, *, gener
 
 def convert(kind: str, input_path: str | os.PathLike, out_dir: str | os.PathLike, *,
             images_dir: str | os.PathLike | None = None, split: str = "train", shard_size: int = 1000,
-            progress: bool = True, **options: Any) -> tuple[dict[str, Any], ConversionStats]:
+            progress: bool = True, overwrite: bool = False, **options: Any) -> tuple[dict[str, Any], ConversionStats]:
     """Convert `input_path` with the converter named `kind` (see CONVERTERS) into shards in `out_dir`.
     `options` go to the converter (source, task, prompt, group_by_image). Returns (manifest, stats)."""
     if kind not in CONVERTERS:
@@ -68,5 +74,5 @@ def convert(kind: str, input_path: str | os.PathLike, out_dir: str | os.PathLike
     records = CONVERTERS[kind](input_path, images_dir, stats=stats, **options)
     params = {"input": str(input_path), "images": None if images_dir is None else str(images_dir), **options}
     manifest = write_shards(records, out_dir, generator=f"convert-{kind}", stats=stats, params=params,
-                            split=split, shard_size=shard_size, progress=progress)
+                            split=split, shard_size=shard_size, progress=progress, overwrite=overwrite)
     return manifest, stats

@@ -37,6 +37,14 @@ class ConversionStats:
             names.append(row)
         log.warning("skipped %s: %s", row, error)
 
+    def describe(self) -> str:
+        """One line for a user: what was read and why rows were skipped, with the fix for the usual cause."""
+        skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items())) or "none"
+        hint = ""
+        if self.skipped.get("missing_image_file"):
+            hint = "; check --images (the folder that the rows' relative image paths start from)"
+        return f"{self.rows} rows read, {self.records} records made; skipped rows: {skipped}{hint}"
+
     def as_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "records": self.records, "text_only": self.text_only,
                 "multi_image": self.multi_image, "skipped": dict(sorted(self.skipped.items())),

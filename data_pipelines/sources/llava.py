@@ -62,6 +62,9 @@ def _llava_rows(json_path: str | os.PathLike, images_dir: str | os.PathLike, sou
     for index, entry in enumerate(entries):
         entry_id = entry.get("id", index) if isinstance(entry, dict) else index
         try:
+            if not isinstance(entry, dict):
+                raise BadRow("invalid_row", f"is a JSON {type(entry).__name__}, not an object with 'image' and "
+                                            "'conversations'")
             images = llava_images(entry)
             group = (images, None if group_by_image and images else index)
             messages = llava_messages(entry.get("conversations"), first=group not in groups)

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 from tqdm import tqdm
 
-from data_pipelines.shards import MANIFEST_NAME, ShardWriter, atomic_output_dir, read_manifest
+from data_pipelines.shards import MANIFEST_NAME, ShardWriter, atomic_output_dir, command_identity, read_manifest
 from molmini.data.records import IMAGE_MARKER, Record
 
 log = logging.getLogger(__name__)
@@ -103,14 +103,16 @@ def _own_set(out_dir: Path, generator: str) -> bool:
 
 def synthesize_with(module: str, out_dir: str | os.PathLike, num_images: int, seed: int, split: str = "train",
                     image_px: int = 128, workers: int = 1, shard_size: int = 1000, progress: bool = True,
-                    params: dict[str, Any] | None = None, replace_own: bool = True) -> dict[str, Any]:
+                    params: dict[str, Any] | None = None, replace_own: bool = True,
+                    overwrite: bool = False) -> dict[str, Any]:
     """Write `num_images` records of generator `module` as shards in `out_dir`; returns the manifest.
 
     The output depends only on (seed, split, num_images, image_px, params), not on `workers`. A folder
     whose manifest already describes that dataset is reused as it is. Otherwise the set is written only
     into a folder that is missing or empty or (with `replace_own`) holds nothing but a set this generator
     wrote with other settings; any other folder raises FolderInUseError and is left untouched, so
-    synthesis never deletes data it did not make. The shards are written beside the folder and moved in
+    synthesis never deletes data it did not make. With `overwrite` (the command line's --overwrite) a shard
+    set another command wrote is moved aside instead (data_pipelines.shards.atomic_output_dir). The shards are written beside the folder and moved in
     once complete. `params` (the generator's options) are recorded in the manifest.
     """
     if num_images < 0 or image_px < 32 or workers < 1 or shard_size < 1:
@@ -128,15 +130,21 @@ def synthesize_with(module: str, out_dir: str | os.PathLike, num_images: int, se
             progress)
         return manifest
     folder = Path(out_dir)
-    if folder.is_dir() and any(folder.iterdir()):
-        if not (replace_own and _own_set(folder, gen.GENERATOR_NAME)):
+    identity = {**command_identity({"generator": gen.GENERATOR_NAME, "seed": seed, "split": split,
+                                    "params": manifest_params}), "num_samples": num_images}
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        if replace_own and _own_set(folder, gen.GENERATOR_NAME):
+            identity = command_identity(read_manifest(folder))  # this generator's own set: replaced
+        else:
             raise FolderInUseError(
                 f"{out_dir} already holds files that the {gen.GENERATOR_NAME} generator did not write with "
                 f"these settings (seed {seed}, split {split}, {num_images} images, params {manifest_params}); "
-                "synthesis writes only into an empty or missing folder and has left it untouched")
+                "synthesis writes only into an empty or missing folder and has left it untouched. Choose "
+                "another --out, or pass --overwrite to move its shard set aside (nothing is deleted)")
         say(f"{out_dir} holds a {gen.GENERATOR_NAME} set with other settings; replacing it", progress)
     started = time.perf_counter()
-    with atomic_output_dir(out_dir) as tmp, \
+    with atomic_output_dir(out_dir, identity, overwrite=overwrite,
+                           empty_reason=lambda: f"--num is {num_images}") as tmp, \
             ShardWriter(tmp, generator=gen.GENERATOR_NAME, generator_version=gen.GENERATOR_VERSION, seed=seed,
                         split=split, params=manifest_params, maxcount=shard_size) as writer, \
             tqdm(total=num_images, desc=f"synth {gen.KEY_PREFIX} -> {out_dir}", unit="img", disable=not progress) as bar:

@@ -95,12 +95,13 @@ def make_record(rng: random.Random, key: str, image_px: int = 128, max_items: in
 
 def synthesize(out_dir, num_images: int, seed: int, split: str = "train", image_px: int = 128, workers: int = 1,
                shard_size: int = 1000, progress: bool = True, max_items: int = 3, min_font_px: int = 8,
-               max_font_px: int = 24, replace_own: bool = True) -> dict[str, Any]:
+               max_font_px: int = 24, replace_own: bool = True,
+               overwrite: bool = False) -> dict[str, Any]:
     """Write `num_images` reading-drill records as shards (see synth/common.py for determinism and reuse)."""
     if max_items < 1 or not 4 <= min_font_px <= max_font_px:
         raise ValueError(f"need max_items >= 1 and 4 <= min_font_px <= max_font_px; got {max_items}, "
                          f"{min_font_px}, {max_font_px}")
     from data_pipelines.synth.common import synthesize_with
     return synthesize_with(__name__, out_dir, num_images, seed, split=split, image_px=image_px, workers=workers,
-                           shard_size=shard_size, progress=progress, replace_own=replace_own,
+                           shard_size=shard_size, progress=progress, replace_own=replace_own, overwrite=overwrite,
                            params={"max_items": max_items, "min_font_px": min_font_px, "max_font_px": max_font_px})

@@ -70,7 +70,7 @@ def test_failed_conversions_leave_the_output_folder_byte_identical(user_shards, 
     for args, needle in ((["llava", "--input", str(tmp_path / "missing.json")], "missing.json"),
                          (["llava", "--input", str(malformed)], ""),
                          (["chartqa", "--input", str(wrong_columns)], "column")):
-        code = pipelines(["convert", *args, "--out", str(user_shards)])
+        code = pipelines(["convert", *args, "--out", str(user_shards), "--overwrite"])
         line = one_error_line(capsys.readouterr().err)
         assert code == 2 and needle in line, line
         assert folder_hashes(user_shards) == before, args
@@ -92,11 +92,15 @@ def test_a_finished_conversion_replaces_only_the_shard_set(user_shards, tmp_path
                                                                   {"from": "gpt", "value": "A."}]} for i in range(3)]
     (tmp_path / "a.png").write_bytes(make_records(1)[0].image)
     (tmp_path / "llava.json").write_text(json.dumps(entries))
+    old = folder_hashes(user_shards)
+    # The set there was written by another command line: --overwrite moves it aside, and the note stays.
     assert pipelines(["convert", "llava", "--input", str(tmp_path / "llava.json"), "--out", str(user_shards),
-                      "--one-record-per-row"]) == 0
+                      "--one-record-per-row", "--overwrite"]) == 0
     assert verify_manifest(user_shards)["num_samples"] == 3
     assert (user_shards / "NOTES.md").read_text() == "where these came from\n"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    aside, = tmp_path.glob("my_shards.replaced-*")
+    assert {n: h for n, h in old.items() if n != "NOTES.md"} == folder_hashes(aside)
 
 
 # ---- 3. and 4. run folders ------------------------------------------------------------------------------
