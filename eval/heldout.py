@@ -1,7 +1,7 @@
 """The main job's held-out report: the runner over the synthetic benchmark (every question/answer pair of
 every record in a shard folder), scored with relaxed accuracy (ChartQA), exact match and ANLS (DocVQA's
-metric, for extractive answers such as the synthetic documents'), per question type, beside the majority-answer baseline fitted on the training split. It adds only the report's
-shape to what `python -m eval run --benchmarks synthetic=DIR --baselines majority:TRAIN_DIR` computes."""
+metric, for extractive answers such as the synthetic documents'), per question type, beside the
+majority-answer baseline fitted on the training split. It adds only the report's shape to what `python -m eval run --benchmarks synthetic=DIR --baselines majority:TRAIN_DIR` computes."""
 from __future__ import annotations
 
 import dataclasses

@@ -112,8 +112,8 @@ def synthesize_with(module: str, out_dir: str | os.PathLike, num_images: int, se
     into a folder that is missing or empty or (with `replace_own`) holds nothing but a set this generator
     wrote with other settings; any other folder raises FolderInUseError and is left untouched, so
     synthesis never deletes data it did not make. With `overwrite` (the command line's --overwrite) a shard
-    set another command wrote is moved aside instead (data_pipelines.shards.atomic_output_dir). The shards are written beside the folder and moved in
-    once complete. `params` (the generator's options) are recorded in the manifest.
+    set another command wrote is moved aside instead (data_pipelines.shards.atomic_output_dir). The shards
+    are written beside the folder and moved in once complete. `params` (the generator's options) are recorded in the manifest.
     """
     if num_images < 0 or image_px < 32 or workers < 1 or shard_size < 1:
         raise ValueError(f"need num_images >= 0, image_px >= 32, workers >= 1 and shard_size >= 1; got "

@@ -222,3 +222,40 @@ def test_curate_onto_its_own_input_is_one_error_line(tmp_path, capsys):
     assert pipelines(["curate", "--input", str(src), "--out", str(src)]) == 2
     assert "--out must differ from --input" in one_error_line(capsys.readouterr().err)
     assert folder_hashes(src) == before
+
+
+# ---- the property: a data command pointed at a user's data never changes it ------------------------------------
+
+@pytest.mark.parametrize("seed", range(4))
+def test_no_data_command_changes_user_data_its_out_points_at(seed, tmp_path, capsys):
+    """Seeded: random commands (synth, convert, curate, inspect), each with --out at one of a user's things
+    (their shard set, a folder of their files, a file), without --overwrite. Each ends with status 0 and
+    its counts or status 2 and one `error:` line; the user's things are byte for byte as they were."""
+    import random
+    rng = random.Random(seed)
+    src = tmp_path / "src"
+    write_shards(make_records(3), src, generator="g", progress=False)
+    rows = llava_file(tmp_path, good_entries(tmp_path) + [7, {"id": "z"}])
+    user = tmp_path / "user"
+    user.mkdir()
+    write_shards(make_records(4), user / "set", generator="convert-llava", params={"input": "x"}, progress=False)
+    (user / "files").mkdir()
+    (user / "files" / "thesis.txt").write_text("years of work\n")
+    (user / "files" / "shard-000000.tar").write_bytes(b"not a tar, but theirs")
+    (user / "photo.png").write_bytes(make_records(1)[0].image)
+    targets = [user / "set", user / "files", user / "photo.png"]
+    empty = llava_file(tmp_path, [], "e.json")
+    commands = [["synth", "charts", "--num", "2", "--image-px", "32"], ["synth", "words", "--num", "0"],
+                ["convert", "llava", "--input", str(rows)], ["convert", "llava", "--input", str(empty)],
+                ["curate", "--input", str(src)], ["curate", "--input", str(user / "files")],
+                ["inspect", "--input", str(src)], ["inspect", "--input", str(src), "--cols", "0"]]
+    before = folder_hashes(user)
+    for _ in range(8):
+        command, target = rng.choice(commands), rng.choice(targets)
+        code = pipelines([*command, "--out", str(target)])
+        err = capsys.readouterr().err
+        assert code in (0, 2) and "Traceback" not in err, (command, target, err)
+        if code == 2:
+            one_error_line(err)
+        assert folder_hashes(user) == before, (command, target)
+    assert not list(tmp_path.glob(f".*{TEMP_INFIX}*")) and not list(user.glob("*.replaced-*"))
