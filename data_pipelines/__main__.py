@@ -93,11 +93,19 @@ def _run_convert(args: argparse.Namespace) -> int:
     if getattr(args, "one_record_per_row", False):
         options["group_by_image"] = False
     manifest, stats = convert(args.format, args.input, args.out, images_dir=args.images, split=args.split,
-                              shard_size=args.shard_size, overwrite=args.overwrite, **options)
+                              shard_size=args.shard_size, overwrite=args.overwrite,
+                              max_skipped_fraction=args.max_skipped_fraction, **options)
     skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(stats.skipped.items())) or "none"
     print(f"{args.out}: {manifest['num_samples']} records in {len(manifest['shards'])} shards from {stats.rows} "
           f"rows; skipped rows: {skipped}")
     return 0
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text}")
+    return value
 
 
 def _add_convert(commands: argparse._SubParsersAction) -> None:
@@ -121,6 +129,9 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
                        help="folder that relative image paths start from (default: the input file's folder for "
                             "llava and captions; for parquet, embedded image bytes need none)")
         p.add_argument("--shard-size", type=int, default=1000, help="records per shard (default: 1000)")
+        p.add_argument("--max-skipped-fraction", type=_fraction, default=0.5, metavar="F",
+                       help="fail, writing nothing, when more than this fraction of the rows is skipped (a wrong "
+                            "--images folder, usually); 1 keeps whatever could be read (default: 0.5)")
         p.add_argument("--split", default="train", help="split name, recorded in the manifest (default: train)")
         p.add_argument("--source", default=None,
                        help="record source (default: the format's name; for cauldron, the texts' own source)")

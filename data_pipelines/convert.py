@@ -44,12 +44,14 @@ CONVERTERS: dict[str, Callable[..., Iterator[Record]]] = {
 def write_shards(records: Iterable[Record], out_dir: str | os.PathLike, *, generator: str,
                  stats: ConversionStats | None = None, params: dict[str, Any] | None = None,
                  split: str = "train", shard_size: int = 1000, progress: bool = True, overwrite: bool = False,
-                 empty_reason: Callable[[], str] | None = None) -> dict[str, Any]:
+                 empty_reason: Callable[[], str] | None = None,
+                 max_skipped_fraction: float | None = None) -> dict[str, Any]:
     """Write `records` into shards in `out_dir`; the manifest counts them by source and task, and its
     params hold `params` plus the conversion stats. Returns the manifest. The shards replace those in
     `out_dir` only once all are written, and only when there is at least one record and `out_dir` holds
     no set that another command line wrote (without `overwrite`; data_pipelines.shards.atomic_output_dir):
-    an error leaves `out_dir` as it was."""
+    an error leaves `out_dir` as it was, and so does a conversion that skipped more than
+    `max_skipped_fraction` of its rows (`stats`)."""
     # The stats are complete only once every record is written, so the writer asks for them at close.
     late = (lambda: {"conversion": stats.as_dict()}) if stats is not None else None
     identity = command_identity({"generator": generator, "seed": 0, "split": split, "params": params or {}})
@@ -60,12 +62,15 @@ def write_shards(records: Iterable[Record], out_dir: str | os.PathLike, *, gener
                         params=params, maxcount=shard_size, late_params=late) as writer:
         for record in tqdm(records, desc=f"{generator} -> {out_dir}", unit="rec", disable=not progress):
             writer.write(record)
+        if stats is not None and max_skipped_fraction is not None and stats.records:  # none: EmptyResultError
+            stats.check_skipped(max_skipped_fraction)
     return writer.manifest
 
 
 def convert(kind: str, input_path: str | os.PathLike, out_dir: str | os.PathLike, *,
             images_dir: str | os.PathLike | None = None, split: str = "train", shard_size: int = 1000,
-            progress: bool = True, overwrite: bool = False, **options: Any) -> tuple[dict[str, Any], ConversionStats]:
+            progress: bool = True, overwrite: bool = False, max_skipped_fraction: float | None = None,
+            **options: Any) -> tuple[dict[str, Any], ConversionStats]:
     """Convert `input_path` with the converter named `kind` (see CONVERTERS) into shards in `out_dir`.
     `options` go to the converter (source, task, prompt, group_by_image). Returns (manifest, stats)."""
     if kind not in CONVERTERS:
@@ -74,5 +79,6 @@ def convert(kind: str, input_path: str | os.PathLike, out_dir: str | os.PathLike
     records = CONVERTERS[kind](input_path, images_dir, stats=stats, **options)
     params = {"input": str(input_path), "images": None if images_dir is None else str(images_dir), **options}
     manifest = write_shards(records, out_dir, generator=f"convert-{kind}", stats=stats, params=params,
-                            split=split, shard_size=shard_size, progress=progress, overwrite=overwrite)
+                            split=split, shard_size=shard_size, progress=progress, overwrite=overwrite,
+                            max_skipped_fraction=max_skipped_fraction)
     return manifest, stats

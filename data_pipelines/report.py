@@ -45,10 +45,24 @@ class ConversionStats:
             hint = "; check --images (the folder that the rows' relative image paths start from)"
         return f"{self.rows} rows read, {self.records} records made; skipped rows: {skipped}{hint}"
 
+    def check_skipped(self, max_fraction: float) -> None:
+        """Raise TooManySkippedError when more than `max_fraction` of the rows read were skipped: a wrong
+        --images folder or the wrong converter for the file, far more often than a dataset that bad."""
+        skipped = sum(self.skipped.values())
+        if self.rows and skipped / self.rows > max_fraction:
+            raise TooManySkippedError(
+                f"skipped {skipped} of {self.rows} rows ({100 * skipped / self.rows:.0f}%, more than the "
+                f"{100 * max_fraction:.0f}% that --max-skipped-fraction allows): {self.describe()}. Nothing was "
+                "written; fix the input, or pass --max-skipped-fraction 1 to keep the rows that were read")
+
     def as_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "records": self.records, "text_only": self.text_only,
                 "multi_image": self.multi_image, "skipped": dict(sorted(self.skipped.items())),
                 "skipped_examples": dict(sorted(self.examples.items()))}
+
+
+class TooManySkippedError(ValueError):
+    """A conversion that skipped more of its rows than the user allowed: its output replaces nothing."""
 
 
 @dataclass

@@ -311,7 +311,7 @@ def test_convert_counts_every_bad_row(tmp_path, seed, capsys):
     inputs = digest(tmp_path)
     with within(120):
         code = pipelines(["convert", "llava", "--input", str(tmp_path / "data" / "llava.json"), "--images", str(images),
-                          "--out", str(tmp_path / "out"), "--one-record-per-row"])
+                          "--out", str(tmp_path / "out"), "--one-record-per-row", "--max-skipped-fraction", "1"])
     assert code == 0, capsys.readouterr().err
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     skipped = manifest["params"]["conversion"]["skipped"]

@@ -310,7 +310,7 @@ def test_cli_convert_llava_end_to_end(llava_files, tmp_path, capsys):
     json_path, images, files = llava_files
     out = tmp_path / "out"
     assert main(["convert", "llava", "--input", str(json_path), "--images", str(images), "--out", str(out),
-                 "--shard-size", "2", "--task", "conversation"]) == 0
+                 "--shard-size", "2", "--task", "conversation", "--max-skipped-fraction", "1"]) == 0
     manifest = verify_manifest(out)
     assert manifest["num_samples"] == 5 and len(manifest["shards"]) == 3
     assert manifest["counts_by_task"] == {"conversation": 5}

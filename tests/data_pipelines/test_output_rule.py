@@ -198,11 +198,31 @@ def test_a_run_killed_mid_write_leaves_a_folder_the_next_run_removes(tmp_path):
     assert not list(tmp_path.glob(f".out{TEMP_INFIX}*")) and verify_manifest(tmp_path / "out")["num_samples"] == 1
 
 
+# ---- a conversion that skipped most of its input (the wrong --images folder) ----------------------------------
+
+def test_a_conversion_that_skips_most_rows_fails_unless_the_user_accepts_it(tmp_path, capsys):
+    entries = good_entries(tmp_path, n=1) + [
+        {"id": f"m{i}", "image": f"elsewhere/{i}.png",
+         "conversations": [{"from": "human", "value": "<image>Q?"}, {"from": "gpt", "value": "A"}]} for i in range(3)]
+    rows = llava_file(tmp_path, entries)
+    out = tmp_path / "out"
+    assert pipelines(["convert", "llava", "--input", str(rows), "--out", str(out)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "skipped 3 of 4 rows" in line and "3 missing_image_file" in line and "--images" in line
+    assert "--max-skipped-fraction" in line and not out.exists()
+    assert pipelines(["convert", "llava", "--input", str(rows), "--out", str(out), "--max-skipped-fraction", "1"]) == 0
+    assert verify_manifest(out)["num_samples"] == 1
+    with pytest.raises(SystemExit):  # argparse's own usage error for a bad value
+        pipelines(["convert", "llava", "--input", str(rows), "--out", str(out), "--max-skipped-fraction", "nan"])
+    assert "from 0 to 1" in capsys.readouterr().err
+
+
 # ---- 16. 18. 20. bad arguments and rows: counted, or one error line ----------------------------------------
 
 def test_llava_rows_that_are_not_objects_are_counted_as_bad_rows(tmp_path, capsys):
     rows = llava_file(tmp_path, [5, "x", None, *good_entries(tmp_path, n=1)])
-    assert pipelines(["convert", "llava", "--input", str(rows), "--out", str(tmp_path / "out")]) == 0
+    assert pipelines(["convert", "llava", "--input", str(rows), "--out", str(tmp_path / "out"),
+                      "--max-skipped-fraction", "1"]) == 0
     conversion = verify_manifest(tmp_path / "out")["params"]["conversion"]
     assert conversion["skipped"] == {"invalid_row": 3} and conversion["records"] == 1
 
