@@ -1,6 +1,8 @@
 """The vision tower: any open_clip visual model, returning patch features from chosen layers."""
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 import open_clip
@@ -8,6 +10,8 @@ import torch
 from torch import nn
 
 from molmini.config import VisionConfig
+
+log = logging.getLogger(__name__)
 
 # molmini's own open_clip configs (the tiny default tower) live beside this file.
 open_clip.add_model_config(Path(__file__).parent / "open_clip_configs")
@@ -55,6 +59,27 @@ class ConvStem(nn.Module):
         return self.layers(x)
 
 
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_open_clip_random_init_warning():
+    """open_clip logs through the root logger (`logging.warning`); drop its one random-init line for the
+    duration of one create_model call, on the root logger and its handlers."""
+    drop = _DropRandomInitWarning()
+    root = logging.getLogger()
+    targets = [root, *root.handlers]
+    for target in targets:
+        target.addFilter(drop)
+    try:
+        yield
+    finally:
+        for target in targets:
+            target.removeFilter(drop)
+
+
 class VisionTower(nn.Module):
     """Wraps `open_clip.create_model(name, pretrained).visual`; `forward` gives [B, patches, dim] without CLS.
 
@@ -76,8 +101,14 @@ class VisionTower(nn.Module):
             extra["text_cfg"] = {**text_cfg, "width": 32, "heads": 1, "layers": 1, "vocab_size": 16,
                                  "context_length": 4, "mlp_ratio": 1}
         # On torch's default device, so `with torch.device("meta")` builds shapes only (molmini/train/summary.py).
-        clip = open_clip.create_model(cfg.model_name, pretrained=pretrained, vision_cfg=_vision_cfg(cfg),
-                                      device=torch.get_default_device(), **extra)
+        # open_clip warns "Model initialized randomly" whenever it loads no weights, which is also every load
+        # of a trained checkpoint (its weights come right after): molmini says itself when a tower is random.
+        with _without_open_clip_random_init_warning():
+            clip = open_clip.create_model(cfg.model_name, pretrained=pretrained, vision_cfg=_vision_cfg(cfg),
+                                          device=torch.get_default_device(), **extra)
+        if load_pretrained and not cfg.pretrained and torch.get_default_device().type != "meta":
+            log.warning("vision tower %s starts from random weights (model.vision.pretrained is empty): a "
+                        "from-scratch tower", cfg.model_name)
         self.visual = clip.visual
         self.image_mean = tuple(clip.visual.preprocess_cfg["mean"])
         self.image_std = tuple(clip.visual.preprocess_cfg["std"])
