@@ -68,6 +68,19 @@ class MolminiModel(nn.Module):
                                  "re-save the checkpoint with model.save_pretrained")
         self.processor = processor
 
+    def set_reading(self, reading: ReadingConfig) -> None:
+        """Switch the reading loss on (a fresh head, and per-patch targets from the processor) or off, for a
+        run that starts from a checkpoint (train.init_from): a checkpoint never holds the head, so a stage
+        that goes on reading (e.g. after configs/stages/0_read.yaml) brings its own `model.reading`."""
+        self.config = dataclasses.replace(self.config, reading=reading)
+        on = reading.weight > 0
+        if on and self.read_head is None:
+            self.read_head = build_read_head(self.vision.output_dim, len(self.processor.tokenizer)).to(
+                self.pad_embed.device)
+        elif not on:
+            self.read_head = None
+        self.processor.config = dataclasses.replace(self.processor.config, read_targets=on)
+
     # ---- what a training stage trains ---------------------------------------------------------------
     @staticmethod
     def component_of(parameter_name: str) -> str:

@@ -63,7 +63,10 @@ def build_model(cfg: Config, train_shards: list[str]) -> VisionLanguageModel:
                                                      max_length=cfg.data.max_length).train()
     if cfg.train.init_from:
         model = MolminiModel.from_pretrained(cfg.train.init_from, max_length=cfg.data.max_length)
-        cfg.model = model.config  # the checkpoint defines the model; the run's config.yaml says so
+        # The checkpoint defines the model (the run's config.yaml says so), but not the reading loss, a
+        # training device it never saves: that stays the run's own.
+        model.set_reading(cfg.model.reading)
+        cfg.model = model.config
         return model.train()
     tokenizer = build_tokenizer(cfg, train_shards)
     return MolminiModel(cfg.model, tokenizer, max_length=cfg.data.max_length)

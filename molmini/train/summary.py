@@ -68,6 +68,7 @@ def build_for_counting(cfg: Config) -> nn.Module:
     if cfg.train.init_from:
         model = MolminiModel.from_pretrained(local_folder(cfg.train.init_from, "train.init_from"),
                                              max_length=cfg.data.max_length)
+        model.set_reading(cfg.model.reading)  # the run's own, as training does (molmini/train/loop.py)
         cfg.model = model.config
         return model
     lm_config = None

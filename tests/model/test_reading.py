@@ -203,3 +203,27 @@ def test_the_answer_loss_off_needs_the_reading_loss_on():
     with pytest.raises(ConfigError, match="at least 0"):
         tiny_config("model.reading.weight=-1")
     assert tiny_config(*READING, "model.reading.answer_weight=0").model.reading.answer_weight == 0
+
+
+def test_a_stage_from_a_checkpoint_keeps_its_own_reading_loss(tmp_path):
+    """train.init_from takes the model from the checkpoint, which never holds the reading head; the run's
+    model.reading still decides whether this stage reads (a reading stage, then a joint one that goes on)."""
+    import json
+
+    from molmini.train.loop import train
+    records = charts(24, px=32)
+    write(tmp_path / "train", records[:16])
+    write(tmp_path / "test", records[16:])
+    common = [f"data.train_dir={tmp_path / 'train'}", f"data.test_dir={tmp_path / 'test'}", "data.synth=null",
+              "data.num_workers=0", "train.max_steps=2", "train.batch_size=4", "train.log_every=1",
+              "train.trackers=[]"]
+    train(tiny_config(*common), tmp_path / "first")  # no reading loss, so its checkpoint has none either
+    cfg = tiny_config(*common, *READING, f"train.init_from={tmp_path / 'first' / 'checkpoint'}")
+    train(cfg, tmp_path / "second")
+    log = [json.loads(line) for line in (tmp_path / "second" / "train_log.jsonl").read_text().splitlines()]
+    assert all("read_loss" in r for r in log if "loss" in r) and cfg.model.reading.weight == 1.0
+    saved = (tmp_path / "second" / "config.yaml").read_text()
+    assert "weight: 1.0" in saved  # the run says it read
+    off = tiny_config(*common, f"train.init_from={tmp_path / 'second' / 'checkpoint'}")
+    train(off, tmp_path / "third")
+    assert not any("read_loss" in line for line in (tmp_path / "third" / "train_log.jsonl").read_text().splitlines())
