@@ -82,3 +82,38 @@ def test_in_a_browser_the_wrong_answers_filter_counts_rows_and_every_image_loads
         if os.environ.get("MOLMINI_DOCS_SCREENSHOTS") == "1":
             page.screenshot(path=str(ROOT / "docs" / "images" / "report_page.png"))
         browser.close()
+
+
+@pytest.mark.slow
+def test_a_2500_item_report_shows_a_page_of_50_rows(tmp_path):
+    """ChartQA's size: the page holds every item but builds one page of rows; a benchmark no longer at its
+    recorded path leaves the rows without thumbnails (and the report is still written)."""
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="browser tests need playwright: pip install playwright")
+    if CHROMIUM is None:
+        pytest.skip("no chromium on PATH: apt-get install chromium")
+    results = tmp_path / "results"
+    (results / "predictions").mkdir(parents=True)
+    model = {"name": "m", "kind": "molmini", "num_parameters": 1, "cache_key": "k", "training_cost": None}
+    rows = [{"model": "m", "cache_key": "k", "benchmark": "chartqa", "item_id": str(i), "subset": "human",
+             "prompt": f"question {i}?", "golds": ["1"], "metric": "relaxed_accuracy", "prediction": str(i % 3),
+             "normalised_prediction": str(i % 3), "score": float(i % 3 == 1)} for i in range(2500)]
+    (results / "predictions" / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = {"benchmark": "chartqa", "path": str(tmp_path / "gone"), "metric": "relaxed_accuracy",
+                "prompt_template": "lmms_eval_chartqa", "prompt": "{question}", "max_new_tokens": 16}
+    entry = {"model": model, "benchmark": "chartqa", "n": 2500, "limit": 0, "score": 0.33, "settings": settings,
+             "per_subset": {"human": {"n": 2500, "score": 0.33}}, "predictions": "predictions/m.jsonl"}
+    (results / "results.json").write_text(json.dumps({"results": [entry]}))
+    assert evaluation(["report", str(results), "--out", str(tmp_path / "out"), "--no-published"]) == 0
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto((tmp_path / "out" / "report.html").as_uri())
+        assert page.locator("#count").inner_text() == "2500 items" and page.locator("#page").inner_text() == \
+            "page 1 of 50"
+        assert page.locator("#gallery tbody tr").count() == 50
+        page.locator("#wrong").check()
+        assert page.locator("#count").inner_text() == f"{sum(r['score'] < 1 for r in rows)} items"
+        page.locator("#next").click()
+        assert page.locator("#page").inner_text() == "page 2 of 34"
+        browser.close()
