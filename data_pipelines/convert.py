@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Iterable, Iterator
 
-from tqdm import tqdm
+from molmini.progress import progress_bar
 
 from data_pipelines.report import ConversionStats
 from data_pipelines.shards import ShardWriter, atomic_output_dir, command_identity
@@ -60,7 +60,7 @@ def write_shards(records: Iterable[Record], out_dir: str | os.PathLike, *, gener
     with atomic_output_dir(out_dir, identity, overwrite=overwrite, empty_reason=empty_reason) as tmp, \
             ShardWriter(tmp, generator=generator, generator_version=CONVERTER_VERSION, split=split,
                         params=params, maxcount=shard_size, late_params=late) as writer:
-        for record in tqdm(records, desc=f"{generator} -> {out_dir}", unit="rec", disable=not progress):
+        for record in progress_bar(records, desc=f"{generator} -> {out_dir}", unit="rec", enabled=progress):
             writer.write(record)
         if stats is not None and max_skipped_fraction is not None and stats.records:  # none: EmptyResultError
             stats.check_skipped(max_skipped_fraction)

@@ -7,7 +7,8 @@
 
 `run` answers every benchmark item with every model and baseline (greedy, batched, resumable: rerun the
 same command to continue) into DIR/results.json and DIR/predictions/; `report` joins results folders
-and published numbers into report.json, report.md and plots. `heldout` scores a molmini checkpoint on a
+and published numbers into report.json, report.md, report.html (a page with a gallery of predictions)
+and plots. `heldout` scores a molmini checkpoint on a
 held-out shard folder per question type beside the training split's majority answer.
 """
 from __future__ import annotations
@@ -116,7 +117,7 @@ def run_command(args) -> int:
 def add_report_command(commands) -> None:
     p = commands.add_parser("report", help="tables and plots from one or more results folders")
     p.add_argument("results", nargs="+", help="folders written by `python -m eval run`")
-    p.add_argument("--out", required=True, help="folder for report.json, report.md and the plots")
+    p.add_argument("--out", required=True, help="folder for report.json, report.md, report.html and the plots")
     p.add_argument("--published", default=None, help="published-scores CSV (default: eval/published_scores.csv)")
     p.add_argument("--no-published", action="store_true", help="leave published numbers out")
     p.add_argument("--subsets", action="store_true", help="add a table per benchmark with a column per subset "

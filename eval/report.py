@@ -10,6 +10,9 @@
                                     molmini / baselines / published marked apart, the Pareto front drawn,
                                     parameter-free baselines (majority answer) as horizontal lines
     scores_vs_training_cost.png     score against training device-hours, only when a run recorded its cost
+    report.html                     one page that opens from disk: scores, per-type bars beside the majority
+                                    answer, confusion tables, a filterable gallery of predictions
+                                    (eval/report_html.py), with its full images in report_images/
 
 Scores are percentages. Published numbers (eval/published_scores.csv, transcribed from the shared
 published_scores.md) appear only in the columns of benchmarks that were run, and were measured with their
@@ -23,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .report_html import write_html_report
 from .runner import read_results
 
 PUBLISHED_SCORES = Path(__file__).with_name("published_scores.csv")
@@ -40,6 +44,7 @@ class ReportRow:
     training_hours: float | None = None          # device-hours (GPU-hours for published points)
     training_device: str = ""
     source: str = ""                             # results folder, or the paper
+    cache_key: str = ""                          # the model's key in results.json (none for published points)
 
 
 def rows_from_results(results_dirs: Sequence[str | Path]) -> tuple[list[ReportRow], dict[str, dict[str, Any]]]:
@@ -57,7 +62,8 @@ def rows_from_results(results_dirs: Sequence[str | Path]) -> tuple[list[ReportRo
             cost = model.get("training_cost") or {}
             row = rows.setdefault(model["cache_key"], ReportRow(
                 name=model["name"], kind=model["kind"], num_parameters=model["num_parameters"],
-                training_hours=cost.get("device_hours"), training_device=cost.get("device", ""), source=str(folder)))
+                training_hours=cost.get("device_hours"), training_device=cost.get("device", ""), source=str(folder),
+                cache_key=model["cache_key"]))
             row.scores[benchmark] = 100 * entry["score"]
             per_subset = entry.get("per_subset", {})
             row.subset_scores[benchmark] = {name: 100 * s["score"] for name, s in per_subset.items()}
@@ -199,8 +205,8 @@ def plot_scores(rows: list[ReportRow], benchmarks: list[str], path: Path, x_of, 
 
 def write_report(results_dirs: Sequence[str | Path], out_dir: str | Path,
                  published_csv: str | Path | None = PUBLISHED_SCORES, subsets: bool = False) -> list[Path]:
-    """report.json, report.md (with a per-subset table per benchmark when `subsets`) and the plots in
-    `out_dir`; returns the paths written."""
+    """report.json, report.md (with a per-subset table per benchmark when `subsets`), report.html and the
+    plots in `out_dir`; returns the paths written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, settings = rows_from_results(results_dirs)
@@ -210,7 +216,8 @@ def write_report(results_dirs: Sequence[str | Path], out_dir: str | Path,
     order = {"molmini": 0, "baseline": 1, "published": 2}
     rows.sort(key=lambda r: (order.get(r.kind, 1), r.num_parameters or 0, r.name))
 
-    written = [out_dir / "report.json", out_dir / "report.md", out_dir / "scores_vs_parameters.png"]
+    written = [out_dir / "report.json", out_dir / "report.md", out_dir / "scores_vs_parameters.png",
+               out_dir / "report.html"]
     written[0].write_text(json.dumps({"benchmarks": benchmarks, "rows": [asdict(r) for r in rows],
                                       "settings": settings}, indent=2))
     markdown = markdown_table(rows, benchmarks, settings)
@@ -219,6 +226,7 @@ def write_report(results_dirs: Sequence[str | Path], out_dir: str | Path,
     written[1].write_text(markdown)
     plot_scores(rows, benchmarks, written[2], lambda r: r.num_parameters, "parameters (log scale)",
                 "Score against model size", front=True)
+    write_html_report(written[3], rows, benchmarks, results_dirs)
     if any(r.training_hours for r in rows if r.kind != "published"):
         written.append(out_dir / "scores_vs_training_cost.png")
         plot_scores([r for r in rows if r.training_hours], benchmarks, written[-1], lambda r: r.training_hours,

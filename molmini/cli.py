@@ -5,6 +5,7 @@
     molmini push CHECKPOINT_DIR OWNER/NAME [--private]                           publish to the hub
     molmini plot RUN_DIR [--out PNG]                                             the run's training curves
     molmini serve --model DIR_OR_HUB_ID [--port 8000]                            an OpenAI-compatible server
+    molmini demo CHECKPOINT [--port 7860] [--host 127.0.0.1] [--share]          a browser demo (Gradio)
 
 A bad input (a missing folder, a damaged checkpoint, a prompt that does not fit its images) is one
 `error: ...` line and exit status 2; `molmini --debug ...` or MOLMINI_DEBUG=1 shows the traceback.
@@ -33,20 +34,20 @@ def read_log(run_dir: Path) -> list[dict]:
     return read_train_log(path)  # a last line cut short by a kill is left out
 
 
-def cmd_plot(args: argparse.Namespace) -> int:
-    """Draw the curves of a run's train_log.jsonl to a PNG (default RUN_DIR/curves.png)."""
+def plot_curves(run_dir: Path, out: Path | None = None) -> Path:
+    """Draw the curves of a run's train_log.jsonl to a PNG (default RUN_DIR/curves.png); returns its path.
+    `python -m eval report` calls it too, to link a model's training curves from report.html."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = read_log(args.run_dir)
+    records = read_log(run_dir)
     panels = [(title, [k for k in keys if any(r.get(k) is not None for r in records)]) for title, keys in PANELS]
     panels = [(t, ks or ["lr"]) if t == "learning rate" else (t, ks) for t, ks in panels]  # logs before lr_*
     panels = [(t, [k for k in ks if any(r.get(k) is not None for r in records)]) for t, ks in panels]
     panels = [(title, keys) for title, keys in panels if keys]
     if not panels:
-        print(f"error: {args.run_dir}/train_log.jsonl has no curves to draw", file=sys.stderr)
-        return 2
+        raise ValueError(f"{run_dir}/train_log.jsonl has no curves to draw")
     cols = 2
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(11, 3.2 * rows), squeeze=False)
@@ -61,12 +62,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
             ax.legend()
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle(Path(args.run_dir).resolve().name)
+    fig.suptitle(Path(run_dir).resolve().name)
     fig.tight_layout()
-    out = Path(args.out) if args.out else Path(args.run_dir) / "curves.png"
+    out = Path(out) if out else Path(run_dir) / "curves.png"
     fig.savefig(out, dpi=110)
     plt.close(fig)
-    print(out)
+    return out
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Draw the curves of a run's train_log.jsonl to a PNG (default RUN_DIR/curves.png)."""
+    print(plot_curves(args.run_dir, args.out))
     return 0
 
 
@@ -141,6 +147,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """A browser page for a checkpoint (molmini/serve/demo.py): upload an image, ask, see the answer, the crops
+    the model saw and its image tokens. Listens on 127.0.0.1 unless --host or --share asks for more."""
+    from molmini.serve.demo import launch, missing_demo_packages
+    from molmini.serve.requests import Limits
+    missing = missing_demo_packages()
+    if missing:
+        print(f"error: molmini demo needs {' and '.join(missing)}: pip install \"molmini[demo]\"", file=sys.stderr)
+        return 2
+    limits = Limits(max_new_tokens=args.max_new_tokens_limit, max_image_pixels=args.max_image_pixels,
+                    max_image_bytes=args.max_image_bytes)
+    launch(args.checkpoint, host=args.host, port=args.port, share=args.share, device=args.device, dtype=args.dtype,
+           limits=limits)
+    return 0
+
+
 def at_least(low: float, kind: type = int):
     """An argparse type: a number of `kind` that is at least `low`."""
     def parse(text: str):
@@ -206,6 +228,22 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:1, ...")
     srv.add_argument("--dtype", default=None, help="e.g. bfloat16 on a GPU (default: as saved, float32)")
     srv.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="a browser demo of a checkpoint: upload an image, ask, see what it saw",
+                          description=cmd_demo.__doc__)
+    demo.add_argument("checkpoint", help="checkpoint folder (runs/NAME/checkpoint, molmini's or a transformers "
+                      "VLM's) or hub id owner/name")
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    demo.add_argument("--port", type=at_least(1), default=None, help="port (default: 7860, or the next free one)")
+    demo.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    demo.add_argument("--max-new-tokens-limit", type=at_least(1), default=256, help="the slider's largest value")
+    demo.add_argument("--max-image-pixels", type=at_least(1), default=Limits.max_image_pixels,
+                      help="width x height of an upload")
+    demo.add_argument("--max-image-bytes", type=at_least(1), default=Limits.max_image_bytes,
+                      help="size of an uploaded file")
+    demo.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:1, ...")
+    demo.add_argument("--dtype", default=None, help="e.g. bfloat16 on a GPU (default: as saved, float32)")
+    demo.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("plot", help="draw a run's training curves to a PNG", description=cmd_plot.__doc__)
     p.add_argument("run_dir", type=Path, help="a run folder (holding train_log.jsonl)")

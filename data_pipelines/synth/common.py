@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from tqdm import tqdm
+from molmini.progress import progress_bar
 
 from data_pipelines.shards import MANIFEST_NAME, ShardWriter, atomic_output_dir, command_identity, read_manifest
 from molmini.data.records import IMAGE_MARKER, Record
@@ -147,7 +147,8 @@ def synthesize_with(module: str, out_dir: str | os.PathLike, num_images: int, se
                            empty_reason=lambda: f"--num is {num_images}") as tmp, \
             ShardWriter(tmp, generator=gen.GENERATOR_NAME, generator_version=gen.GENERATOR_VERSION, seed=seed,
                         split=split, params=manifest_params, maxcount=shard_size) as writer, \
-            tqdm(total=num_images, desc=f"synth {gen.KEY_PREFIX} -> {out_dir}", unit="img", disable=not progress) as bar:
+            progress_bar(total=num_images, desc=f"synth {gen.KEY_PREFIX} -> {out_dir}", unit="img",
+                         enabled=progress) as bar:
         for records in render_records(module, seed, split, num_images, image_px, workers, params):
             for record in records:
                 writer.write(record)

@@ -21,7 +21,6 @@ from typing import Any, Iterator
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, gather_object, set_seed
-from tqdm.auto import tqdm
 
 from molmini.config import Config, ConfigError, flat_dict, save_config, validate
 from molmini.data.loader import make_loader, next_batch
@@ -31,6 +30,7 @@ from molmini.data.tokenizer import build_tokenizer
 from molmini.model.interface import VisionLanguageModel
 from molmini.model.loss import count_loss_tokens
 from molmini.model.vlm import MolminiModel
+from molmini.progress import progress_bar
 from molmini.train.accelerator import make_accelerator
 from molmini.train.checkpointing import (LOG_FILE, STATE_FILE, check_resumed_config, load_training_state,
                                          publishable_model, read_train_log, resolve_resume, save_training_state)
@@ -270,8 +270,8 @@ def start_run(cfg: Config, run_dir: Path, accelerator: Accelerator | None, resum
               step=state.get("step", 0), nonfinite_total=state.get("nonfinite_steps", 0))
     _open_outputs(run, resume_from)
     run.cost, run.interval = CostMeter(state.get("cost")), IntervalMeter(accelerator, n_params)
-    run.bar = tqdm(total=cfg.train.max_steps, initial=run.step, disable=not accelerator.is_main_process,
-                   desc="train", dynamic_ncols=True, mininterval=1.0)
+    run.bar = progress_bar(total=cfg.train.max_steps, initial=run.step, enabled=accelerator.is_main_process,
+                           desc="train", unit="step", mininterval=1.0)
     model.train()
     run.start = time.perf_counter()
     run.batches = iter(loader)

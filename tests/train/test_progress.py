@@ -110,3 +110,55 @@ def test_without_a_console_handler_logging_is_left_as_it_is():
     before = list(logging.getLogger().handlers)  # pytest's capture handlers, none on stderr itself
     with logs_around_bars():
         assert logging.getLogger().handlers == before
+
+
+def test_off_a_terminal_progress_is_a_few_plain_lines(monkeypatch):
+    """A log file gets no carriage-return frames: one line per 10% of the total and one at the end."""
+    monkeypatch.delenv("RANK", raising=False)
+    log_file = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log_file)
+    with progress_bar(total=1000, desc="synth", unit="img") as bar:
+        for _ in range(1000):
+            bar.update(1)
+        bar.set_postfix(loss="0.123")
+    for _ in progress_bar(range(37), desc="verify"):
+        pass
+    text = log_file.getvalue()
+    assert "\r" not in text and "\x1b" not in text
+    lines = text.splitlines()
+    synth, verify = [line for line in lines if line.startswith("synth")], [line for line in lines if "verify" in line]
+    assert len(synth) == 10 and synth[0].startswith("synth: 100/1000 img (10%)") and "loss=0.123" in synth[-1]
+    assert 1 <= len(verify) <= 11 and verify[-1].startswith("verify: 37/37")
+    assert len(lines) == len(synth) + len(verify)
+
+
+def test_off_a_terminal_a_slow_job_without_a_total_prints_on_a_timer(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    log_file = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log_file)
+    with progress_bar(desc="train", every_s=0.0) as bar:  # every update is "slow": a line each
+        bar.update(2)
+        bar.update(3)
+    assert log_file.getvalue().splitlines()[-1].startswith("train: 5 it")
+    assert "\r" not in log_file.getvalue()
+
+
+def test_progress_is_silent_when_disabled_or_off_the_main_process(monkeypatch):
+    log_file = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log_file)
+    for _ in progress_bar(range(20), enabled=False):
+        pass
+    monkeypatch.setenv("RANK", "1")
+    for _ in progress_bar(range(20)):
+        pass
+    assert log_file.getvalue() == ""
+
+
+def test_synthesis_into_a_log_file_writes_plain_lines(tmp_path, monkeypatch):
+    from data_pipelines.synth.charts import synthesize
+    monkeypatch.delenv("RANK", raising=False)
+    log_file = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log_file)
+    synthesize(tmp_path / "charts", 20, 0, image_px=32, shard_size=10, progress=True)
+    text = log_file.getvalue()
+    assert "\r" not in text and "20/20 img (100%)" in text and len(text.splitlines()) <= 12
