@@ -5,6 +5,7 @@ DataLoader worker, a seeded shuffle buffer, exact resume through `StreamPosition
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -146,8 +147,10 @@ def mixture_sources(entries: list[dict[str, Any]]) -> list[tuple[list[str], floa
         if not isinstance(entry, dict) or set(entry) != {"dir", "weight"}:
             raise ValueError(f"data.mixture[{i}] must be {{dir: FOLDER, weight: NUMBER}}, got {entry!r}")
         weight = entry["weight"]
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise ValueError(f"data.mixture[{i}].weight must be a non-negative number, got {weight!r}")
+        # NaN passes `weight < 0`, and one inf weight makes every other set's share NaN: both refused here.
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"data.mixture[{i}].weight (the entry for {entry['dir']!r}) must be a finite, "
+                             f"non-negative number, got {weight!r}")
         sources.append((find_shards(entry["dir"]), float(weight)))
     return sources
 
@@ -167,9 +170,10 @@ class MixtureStream(torch.utils.data.IterableDataset):
     def __init__(self, sources: list[tuple[list[str], float]], transform, shuffle_buffer: int = 0, seed: int = 0,
                  rank: int = 0, world_size: int = 1, resume: "StreamPosition | None" = None):
         super().__init__()
-        if not sources or any(w < 0 for _, w in sources) or sum(w for _, w in sources) <= 0:
-            raise ValueError(f"a mixture needs at least one shard set and non-negative weights with a positive "
-                             f"sum; got weights {[w for _, w in sources]}")
+        weights = [w for _, w in sources]
+        if not sources or not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError("a mixture needs at least one shard set and finite, non-negative weights with a "
+                             f"positive sum; got weights {weights}")
         self.weights = [float(w) for _, w in sources]
         # Each set gets its own seed, so that two sets with the same files still shuffle differently.
         self.streams = [ShardStream(list(shards), transform, shuffle_buffer, f"{seed}/{i}", endless=True, rank=rank,
