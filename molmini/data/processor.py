@@ -287,6 +287,8 @@ class MolminiProcessor:
                                     "(save one with model.save_pretrained)")
         try:
             saved = json.loads(path.read_text())
+            if not isinstance(saved, dict):
+                raise TypeError(f"it holds a JSON {type(saved).__name__}, not an object of processor settings")
             known = {f.name for f in fields(ProcessorConfig)}
             config = ProcessorConfig(**{k: v for k, v in saved.items() if k in known})
             if max_length is not None:
