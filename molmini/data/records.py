@@ -21,7 +21,6 @@ torch here: the data commands (synth, convert, curate, inspect) write and read r
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -29,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
+
+from molmini.data.images import decode_image
 
 IMAGE_MARKER = "<image>"
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
@@ -153,11 +154,10 @@ class Record:
 
 
 def _decode(data: bytes, what: str) -> Image.Image:
+    """The image decoded as every other path decodes one (molmini/data/images.py: EXIF orientation applied,
+    RGB), or a RecordError naming the record."""
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-        # inside: some modes (e.g. 16-bit, CMYK variants) fail only here; an RGB image is not copied
-        return img if img.mode == "RGB" else img.convert("RGB")
+        return decode_image(data)
     except Exception as e:  # PIL raises several unrelated types for bad bytes
         raise RecordError(f"{what}: image cannot be decoded ({type(e).__name__}: {e})", "undecodable_image") from e
 
