@@ -141,7 +141,7 @@ class MolminiProcessor:
             parts = [""] * len(images) + [content]
         if len(parts) - 1 != len(images):
             raise RecordError(f"the conversation has {len(parts) - 1} {IMAGE_MARKER} markers but {len(images)} "
-                              "images; put one marker per image in the first user turn")
+                              "images; put one marker per image in the first user turn", "image_marker_mismatch")
         ids = self._text(parts[0].strip())
         for image, text in zip(images, parts[1:]):
             ids += image["image_tokens"] + self._text(text.strip())

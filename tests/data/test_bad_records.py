@@ -198,6 +198,27 @@ def test_training_reports_a_record_over_max_length_once_by_reason(tmp_path):
     assert saved["skipped_by_reason"] == {"over_max_length": 1}
 
 
+def test_a_first_turn_with_more_image_markers_than_images_is_one_reason_for_training_and_eval(tmp_path, tiny_model):
+    """One rule, in the record reader: two <image> markers for one image is `image_marker_mismatch` for the
+    training stream (it was `invalid_record`, from the processor) and for `eval heldout` (it was scored)."""
+    from eval.heldout import evaluate
+    records = make_records(4)
+    two_markers = with_json(records[1], body(records[1], messages=[
+        {"role": "user", "content": "<image><image>What colour are the bars?"},
+        {"role": "assistant", "content": "red"}]))
+    (tmp_path / "test").mkdir()
+    shards = [write_tar(tmp_path / "test" / "shard-000000.tar", members(records[0]) + two_markers
+                        + [m for r in records[2:] for m in members(r)])]
+    write_records(tmp_path / "train", make_records(4, seed=1))
+    processor = tiny_model.processor
+    samples = list(ShardStream(shards, lambda record, rng: processor.process_record(record)))
+    assert [s["key"] for s in samples] == [records[0].key, records[2].key, records[3].key]
+    assert samples[-1]["skipped"][2:] == (1, {"image_marker_mismatch": 1})
+    results, rows = evaluate(tiny_model, str(tmp_path / "test"), str(tmp_path / "train"), max_new_tokens=2)
+    assert results["skipped_by_reason"] == {"image_marker_mismatch": 1}
+    assert {r["key"] for r in rows} == {records[0].key, records[2].key, records[3].key}
+
+
 # ---- 8: keys are unique in a shard set -------------------------------------------------------------------
 
 def test_a_repeated_key_is_skipped_and_counted_and_never_mixes_two_records(tmp_path, tiny_model):
