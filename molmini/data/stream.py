@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import torch
 
 from molmini.data.reader import (MAX_CONSECUTIVE_SKIPS, BadRecords, ShardReader, Skip, SkipReport, find_shards,
-                                 no_usable_record)
+                                 missing_shard_skips, no_usable_record)
 from molmini.data.records import Record, RecordError
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,11 @@ class ShardStream(torch.utils.data.IterableDataset):
         counts nothing) reports each once. `max_consecutive_skips` bad records in a row raise UnusableDataError."""
         rng = random.Random(f"{self.seed}-{self.rank}-{wid}")
         bad = BadRecords()
+        if self.rank == 0 and wid == 0 and start == 0:
+            # The shards the manifest lists that are not on disk, counted by one worker of one process (the
+            # others would count them again); a resumed run has them in its saved counts already.
+            for skip in missing_shard_skips(self.shards):
+                bad.add(skip)
         in_a_row = 0
         for position, (epoch, entry) in enumerate(self._shuffled(self._entries(shards, rng), rng)):
             if position < start:
