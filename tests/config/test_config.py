@@ -165,7 +165,8 @@ def test_train_py_gives_one_error_line_for_bad_yaml(tmp_path, capsys):
     sys.path.insert(0, str(ROOT))
     import train
     (tmp_path / "list.yaml").write_text("- a\n")
-    for argv in (["--print-config", "train.batch_size=[4"], ["--print-config", "--config", str(tmp_path / "list.yaml")]):
+    for argv in (["--print-config", "train.batch_size=[4"],
+                 ["--print-config", "--config", str(tmp_path / "list.yaml")]):
         assert train.main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -138,7 +138,8 @@ def write_benchmark(folder, bars: list[int]) -> None:
     with ShardWriter(folder, generator="test", maxcount=4) as writer:
         for i, n in enumerate(bars):
             writer.write(Record(key=f"item{i}", image=png_bytes("red", bars=n), messages=[
-                {"role": "user", "content": "<image>What colour are the bars?"}, {"role": "assistant", "content": "red"},
+                {"role": "user", "content": "<image>What colour are the bars?"},
+                {"role": "assistant", "content": "red"},
                 {"role": "user", "content": "How many bars are there?"}, {"role": "assistant", "content": str(n)}],
                 meta={"qa_types": ["colour", "count"]}))
 
