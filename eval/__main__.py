@@ -18,6 +18,8 @@ import logging
 import sys
 from pathlib import Path
 
+from molmini.errors import run_reporting_errors
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
@@ -36,11 +38,40 @@ def main(argv: list[str] | None = None) -> int:
     add_report_command(commands)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return run_reporting_errors(lambda: dispatch(args))
+
+
+# What argparse's types cannot say about each command's options: (option, attribute, lowest value).
+AT_LEAST = {"heldout": [("--batch-size", "batch_size", 1), ("--max-new-tokens", "max_new_tokens", 1),
+                        ("--limit", "limit", 0)],
+            "run": [("--batch-size", "batch_size", 1), ("--limit", "limit", 0)]}
+
+
+def check_arguments(args) -> None:
+    """Refuse out-of-range numbers and an --out that is a file before any model loads, as ValueErrors
+    naming the option (reported as one `error:` line, exit status 2): a batch size of 0 or a negative
+    limit otherwise fails deep inside generation or itertools with a message that names no option."""
+    for option, name, low in AT_LEAST.get(args.command, []):
+        value = getattr(args, name)
+        if value < low:
+            what = {"--limit": " (0: every item)"}.get(option, "")
+            raise ValueError(f"{option} must be at least {low}{what}, got {value}")
+    out = getattr(args, "out", None)
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out!r} is a file, not a folder; pass a folder for the results (it is created "
+                         "if missing), e.g. --out runs/eval")
+
+
+def dispatch(args) -> int:
+    check_arguments(args)
     if args.command == "run":
         return run_command(args)
     if args.command == "report":
         return report_command(args)
+    return heldout_command(args)
 
+
+def heldout_command(args) -> int:
     from molmini.model.vlm import MolminiModel
     from molmini.progress import logs_around_bars
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ def evaluate(model, test_dir: str, train_dir: str, batch_size: int = 64, max_new
     per-item rows)."""
     bench = load_benchmark("synthetic", test_dir)
     bench.spec = dataclasses.replace(bench.spec, max_new_tokens=max_new_tokens, one_image=False)
-    adapter = adapter_for(model, model_path or f"in-memory-{id(model):x}", batch_size)
+    # A model given without its folder has nothing that identifies it: a fresh id, so that no later run
+    # (which may get the same id(model)) reuses its cached answers.
+    adapter = adapter_for(model, model_path or f"in-memory-{uuid.uuid4().hex[:12]}", batch_size)
     with tempfile.TemporaryDirectory(prefix="molmini-heldout-") as scratch:
         try:
             _, predictions, _, _ = predict(adapter, bench, Path(out_dir or scratch), limit=max_items,

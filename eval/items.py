@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator
 
 from PIL import Image
 
+from molmini.data.images import decode_image
 from molmini.data.layouts import Layout, detect_layout
 
 from .metrics import METRICS, option_letters
@@ -72,12 +73,12 @@ class BenchmarkItem:
         return PROMPT_TEMPLATES[self.prompt_template].render(self.question, self.options)
 
     def load_image(self) -> Image.Image:
-        """The first image, decoded to RGB."""
-        return Image.open(io.BytesIO(self.image)).convert("RGB")
+        """The first image, decoded as training and serving decode one (EXIF orientation applied, RGB)."""
+        return decode_image(self.image)
 
     def load_images(self) -> Image.Image | list[Image.Image] | None:
         """What a model's `generate` takes for this question: its image, its images, or None."""
-        images = [Image.open(io.BytesIO(data)).convert("RGB") for data in self.images]
+        images = [decode_image(data) for data in self.images]
         return images[0] if len(images) == 1 else (images or None)
 
     def score(self, prediction: str) -> float:

@@ -28,16 +28,36 @@ from .items import BenchmarkItem
 from .readers import record_qa
 
 
+# A checkpoint folder's files that do not change its answers: the model card and the run's summaries, which
+# are written after an evaluation (train.py evaluates, then writes README.md with the scores).
+NOT_THE_MODEL = ("README.md", "train_summary.json", "cost.json", "molmini_training.json")
+
+
 def fingerprint(name_or_path: str) -> str:
-    """A short hash of a model's identity: the absolute folder and its files' sizes and mtimes (so a
-    checkpoint retrained in place is not served stale predictions), or the hub id as given."""
+    """A short hash of a model's identity: for a checkpoint folder, the sha256 of each file's contents
+    (weights, config, processor config, tokenizer, remote code; not the model card), so a checkpoint
+    retrained or replaced in place is never served stale predictions, whatever its files' sizes and
+    times; for anything else (a hub id), the name as given."""
     path = Path(name_or_path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file())
-        parts = [str(path.resolve())] + [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
-    else:
-        parts = [str(name_or_path)]
-    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:10]
+    if not path.is_dir():
+        return hashlib.sha1(str(name_or_path).encode()).hexdigest()[:10]
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.iterdir() if p.is_file() and p.name not in NOT_THE_MODEL):
+        digest.update(f"{file.name}\0{file_sha256(file)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def answers_fingerprint(answers_by_type: dict[str, str], overall: str) -> str:
+    """A short hash of a baseline's answers: they are all that its predictions depend on."""
+    return hashlib.sha256(json.dumps([answers_by_type, overall], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def display_name(name_or_path: str) -> str:
@@ -181,7 +201,9 @@ class MajorityAnswerBaseline(ModelAdapter):
             answers_by_type, overall = majority_from_shards(train_dir)
         self.answers_by_type, self.overall = answers_by_type or {}, overall
         self.name = "majority (train)" if train_dir else "majority (benchmark golds)"
-        self.cache_key = f"majority:{fingerprint(train_dir)}" if train_dir else "majority:golds"
+        # Keyed on its answers: a training split (or a benchmark's golds) that changed gives other answers.
+        source = "train" if train_dir else "golds"
+        self.cache_key = f"majority:{source}:{answers_fingerprint(self.answers_by_type, self.overall)}"
 
     def for_benchmark(self, items):
         if self.train_dir:

@@ -10,9 +10,13 @@ Output folder layout:
 
 The predictions file is also the cache: a line is written as soon as its batch is answered, and a later
 run over the same folder skips the items already there. Its name carries a hash of the model's
-`cache_key` (which changes with the checkpoint's files), the benchmark and its generation settings, so
-a different model, or the same model at another max_new_tokens, never reuses another's predictions.
-Scores are recomputed from the cached raw predictions on every run.
+`cache_key` (a hash of the checkpoint's files' contents), the benchmark and its generation settings.
+Each line carries its `answer_key`: a hash of the model's cache_key, the generation settings
+(max_new_tokens, prompt template, greedy decoding) and the item itself (its images' bytes and its
+prompt). A cached answer is reused only when the item's key matches, so a benchmark folder whose records
+were replaced by others under the same keys, a checkpoint retrained in place, or other settings are
+answered again, never scored with another item's answer; the log says how many were reused and how
+many were stale. Scores are recomputed from the cached raw predictions on every run.
 """
 from __future__ import annotations
 
@@ -62,8 +66,8 @@ def normalise_prediction(item: BenchmarkItem, prediction: str) -> str:
 
 def prediction_row(adapter: ModelAdapter, benchmark: Benchmark, item: BenchmarkItem, prediction: str) -> dict[str, Any]:
     return {"model": adapter.name, "cache_key": adapter.cache_key, "benchmark": benchmark.spec.name,
-            "item_id": item.id, "subset": item.subset, "prompt": item.prompt, "golds": item.golds,
-            "metric": item.metric, "prediction": prediction,
+            "item_id": item.id, "answer_key": answer_key(adapter, benchmark, item), "subset": item.subset,
+            "prompt": item.prompt, "golds": item.golds, "metric": item.metric, "prediction": prediction,
             "normalised_prediction": normalise_prediction(item, prediction), "score": item.score(prediction)}
 
 
@@ -81,6 +85,28 @@ def predictions_path(out_dir: Path, adapter: ModelAdapter, benchmark: Benchmark)
     return out_dir / "predictions" / f"{_slug(adapter.name)}__{benchmark.spec.name}__{key}.jsonl"
 
 
+def generation_settings(benchmark: Benchmark, item: BenchmarkItem) -> dict[str, Any]:
+    """What an answer depends on besides the model and the item: the runner always decodes greedily."""
+    return {"max_new_tokens": benchmark.spec.max_new_tokens, "prompt_template": item.prompt_template,
+            "sampling": "greedy"}
+
+
+def item_digest(item: BenchmarkItem) -> str:
+    """A hash of what the model is shown: every image's bytes and the prompt (question, options, template)."""
+    digest = hashlib.sha256()
+    for data in item.images:
+        digest.update(len(data or b"").to_bytes(8, "big") + (data or b""))
+    digest.update(item.prompt.encode("utf-8"))
+    return digest.hexdigest()
+
+
+def answer_key(adapter: ModelAdapter, benchmark: Benchmark, item: BenchmarkItem) -> str:
+    """The key a cached answer is reused under: the model, the generation settings and the item's content."""
+    identity = json.dumps([adapter.cache_key, generation_settings(benchmark, item), item_digest(item)],
+                          sort_keys=True)
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
 def cached_rows(path: Path, cache_key: str) -> Iterator[dict[str, Any]]:
     """The rows of a predictions file (written by an earlier, maybe interrupted, run) that model `cache_key`
     wrote, in order; a torn last line is ignored, and so is any line written for another model."""
@@ -96,9 +122,10 @@ def cached_rows(path: Path, cache_key: str) -> Iterator[dict[str, Any]]:
             yield row
 
 
-def read_cached_predictions(path: Path, cache_key: str) -> dict[str, str]:
-    """item id -> raw prediction (the last one written for an item)."""
-    return {row["item_id"]: row["prediction"] for row in cached_rows(path, cache_key)}
+def read_cached_predictions(path: Path, cache_key: str) -> dict[str, tuple[str, str]]:
+    """item id -> (answer key, raw prediction) of the last line written for an item (a line written before
+    answer keys existed has none, and is never reused)."""
+    return {row["item_id"]: (row.get("answer_key", ""), row["prediction"]) for row in cached_rows(path, cache_key)}
 
 
 # ---- running ---------------------------------------------------------------------------------------------
@@ -127,7 +154,7 @@ def predict(adapter: ModelAdapter, benchmark: Benchmark, out_dir: Path, limit: i
     max_new_tokens = benchmark.spec.max_new_tokens
     rows: list[dict[str, Any]] = []
     pending: list[BenchmarkItem] = []
-    answered = 0
+    answered = stale = 0
 
     # A bar per (model, benchmark) on stderr, counting items answered or taken from the cache.
     bar = progress_bar(total=limit or None, desc=desc or f"{adapter.name} on {benchmark.spec.name}", unit="item")
@@ -144,10 +171,12 @@ def predict(adapter: ModelAdapter, benchmark: Benchmark, out_dir: Path, limit: i
             pending.clear()
 
         for item in islice(benchmark, limit or None):
-            if item.id in cached:
-                rows.append(prediction_row(adapter, benchmark, item, cached[item.id]))
+            key, prediction = cached.get(item.id, (None, ""))
+            if key == answer_key(adapter, benchmark, item):
+                rows.append(prediction_row(adapter, benchmark, item, prediction))
                 bar.update(1)
                 continue
+            stale += key is not None  # cached for an item of this id that has changed (or for other settings)
             pending.append(item)
             if len(pending) == batch_size:
                 answer_pending()
@@ -157,8 +186,12 @@ def predict(adapter: ModelAdapter, benchmark: Benchmark, out_dir: Path, limit: i
         first = f"; the first: {benchmark.skipped[0][1]}" if benchmark.skipped else ""
         raise NothingToEvaluate(f"{benchmark.spec.name} at {benchmark.path}: no readable item to evaluate "
                                 f"({benchmark.skipped_rows} rows skipped{first})")
-    log.info("%s on %s: %d items, %d answered now, %d from %s", adapter.name, benchmark.spec.name, len(rows),
-             answered, len(rows) - answered, path)
+    log.info("%s on %s: %d items, %d answered now, %d cached answers reused from %s", adapter.name,
+             benchmark.spec.name, len(rows), answered, len(rows) - answered, path)
+    if stale:
+        log.warning("%s on %s: %d cached answers were stale (the item's image or question, the model or the "
+                    "generation settings changed since) and were answered again; %d reused", adapter.name,
+                    benchmark.spec.name, stale, len(rows) - answered)
     return adapter, rows, path, answered
 
 
@@ -195,7 +228,8 @@ def run(model_specs: Iterable[str], benchmarks: list[Benchmark], out_dir: str | 
                        (entry["model"]["cache_key"], entry["benchmark"])] + [entry]
             write_results(out_dir, entries)
             print(f"{adapter.name:<32} {benchmark.spec.name:<14} {100 * entry['score']:6.1f}  "
-                  f"({entry['n']} items, {entry['answered_this_run']} answered now)")
+                  f"({entry['n']} items, {entry['answered_this_run']} answered now, "
+                  f"{entry['n'] - entry['answered_this_run']} reused from the cache)")
         del adapter
     return entries
 

@@ -63,6 +63,14 @@ def test_a_checkpoint_without_its_tokenizer_names_the_file(checkpoint, image, ca
     assert str(checkpoint / "tokenizer.json") in error_line(capsys)
 
 
+@pytest.mark.parametrize("saved", ["[1, 2]", "null", "\"words\""])
+def test_a_processor_config_that_is_not_an_object_names_the_file(checkpoint, image, capsys, saved):
+    (checkpoint / "processor_config.json").write_text(saved)
+    assert generate(checkpoint, image) == 2
+    line = error_line(capsys)
+    assert str(checkpoint / "processor_config.json") in line and "not a valid processor config" in line
+
+
 def test_weights_that_do_not_match_the_config_are_one_line(checkpoint, image, capsys, monkeypatch):
     saved = json.loads((checkpoint / "config.json").read_text())
     saved["model"]["connector"]["mlp_hidden"] = 24  # the saved connector has another width

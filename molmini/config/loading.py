@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,7 @@ def validate(cfg: Config) -> None:
         at_least += [("data.synth.num_train", synth.num_train, 1), ("data.synth.num_test", synth.num_test, 1),
                      ("data.synth.image_px", synth.image_px, 32), ("data.synth.shard_size", synth.shard_size, 1),
                      ("data.synth.workers", synth.workers, 1)]
+    check_finite(cfg.to_dict())
     for key, value, low in at_least:
         if value < low:
             raise ConfigError(f"config key {key!r} must be at least {low}, got {value!r}")
@@ -169,6 +171,21 @@ def validate(cfg: Config) -> None:
     check_run_name(cfg.train.run_name)
 
 
+def check_finite(value: Any, dotted: str = "") -> None:
+    """Every float of the config, nested mappings and lists included (data.mixture's weights, lm.config), is
+    finite: YAML reads `.inf` and `.nan` as numbers, and a learning rate or a weight of inf or NaN trains
+    without complaint into weights that are all NaN."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, f"{dotted}.{k}" if dotted else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_finite(v, f"{dotted}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key {dotted!r} must be a finite number, got {value!r}; give an ordinary "
+                          "number (YAML reads .inf and .nan as infinity and not-a-number)")
+
+
 def apply_override(data: dict[str, Any], override: str) -> None:
     """Apply one `a.b.c=value` override (value parsed as YAML) to a nested dict in place."""
     if "=" not in override:
@@ -180,7 +197,13 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: {k!r} is a value, not a section")
-    node[keys[-1]] = yaml.safe_load(raw)
+    try:
+        node[keys[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        problem = " ".join(str(getattr(e, "problem", "") or e).split())
+        raise ConfigError(f"override {override!r}: the value {raw!r} is not valid YAML ({problem}); close its "
+                          f"brackets and quotes (e.g. {dotted.strip()}=[4] for a list), or quote the whole value "
+                          "as a string") from None
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -202,6 +225,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r}: its top level is a {type(data).__name__}, but it must be "
+                              "a mapping of sections (model:, data:, optim:, train:, eval:), as in "
+                              "configs/default.yaml")
     for ov in overrides or []:
         apply_override(data, ov)
     name = (data.get("model") or {}).get("preset")

@@ -1,7 +1,10 @@
-"""Images as users pass them: a file path, an http(s) URL or a PIL image, loaded with transformers'
-`load_image` (which also applies the EXIF orientation and converts to RGB). Each failure is one error
-that names the input: a missing file, a file that is not an image, a URL that cannot be fetched or does
-not hold an image."""
+"""Images, decoded one way everywhere: the record reader's images (training, eval, curate, inspect), the
+images users pass to `generate` (a file path, an http(s) URL or a PIL image) and the images `serve` is sent
+all go through `as_rgb`, which applies the EXIF orientation (as PIL's `ImageOps.exif_transpose` and
+transformers' `load_image` do) and converts to RGB. A phone's portrait JPEG is stored landscape with
+orientation 6; decoding it one way for training and another for serving would train a model on pixels it
+never sees at inference. Each failure to load a user's image is one error that names the input: a missing
+file, a file that is not an image, a URL that cannot be fetched or does not hold an image."""
 from __future__ import annotations
 
 import io
@@ -9,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Union
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 ImageInput = Union[Image.Image, str, Path]
 SINGLE_IMAGE = (Image.Image, str, Path)  # what load_image opens: one image, not a list of them
@@ -21,27 +24,44 @@ def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
 
 
-def load_image(source: ImageInput, timeout: float = URL_TIMEOUT_S) -> Image.Image:
-    """The RGB image at `source` (a path, an http(s) URL or a PIL image)."""
-    from transformers.image_utils import load_image as transformers_load_image
+EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how the stored pixels are to be turned for display
 
+
+def as_rgb(image: Image.Image) -> Image.Image:
+    """`image` as a viewer shows it: its EXIF orientation applied (the tag is then dropped, so a second call
+    changes nothing) and in RGB. An upright RGB image is returned as it is, not copied (the training stream
+    calls this for every record)."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """The image encoded in `data` (PNG, JPEG, WebP, ...) decoded in full and passed through `as_rgb`: the one
+    decoding of an image's bytes. PIL's own errors pass through; each caller names what it was decoding."""
+    image = Image.open(io.BytesIO(data))
+    image.load()  # inside the callers' error handling: some modes (16-bit, CMYK variants) fail only here
+    return as_rgb(image)
+
+
+def load_image(source: ImageInput, timeout: float = URL_TIMEOUT_S) -> Image.Image:
+    """The RGB image at `source` (a path, an http(s) URL or a PIL image), its EXIF orientation applied."""
     if isinstance(source, Image.Image):
-        return transformers_load_image(source)
+        return as_rgb(source)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"image {source!r} is a {type(source).__name__}; {SOURCES}")
     source = os.fspath(source)
     if is_url(source):
-        return transformers_load_image(_fetch(source, timeout))
+        return as_rgb(_fetch(source, timeout))
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"image {source!r} does not exist; {SOURCES}")
     if not path.is_file():
         raise IsADirectoryError(f"image {source!r} is a folder, not an image file; {SOURCES}")
+    data = path.read_bytes()  # a PermissionError passes through as itself
     try:
-        return transformers_load_image(source)
-    except PermissionError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:  # PIL: not an image, or truncated
+        return decode_image(data)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # PIL: not an image, or truncated
         raise ValueError(f"image {source!r} is not an image PIL can read ({type(e).__name__}: {e}); "
                          "pass a PNG, JPEG or other image file") from e
 

@@ -83,6 +83,12 @@ class MolminiProcessor:
         self.stop_token_id = self.chat.stop_token_id(tokenizer)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.ids[PAD]
         self._piece_ids = {}
+        # The template's pieces are tokenized now, once: a fast tokenizer keeps "parse special tokens or not" as
+        # state it switches per call, so tokenizing them later, beside a user's text in another serving
+        # thread, could switch it under that text.
+        for piece in (self.chat.first_user_prefix, self.chat.user_prefix, self.chat.assistant_prefix,
+                      self.chat.assistant_suffix):
+            self._piece(piece)
         self.fill = tuple(round(255 * m) for m in config.image_mean)  # padding normalises to ~0
 
     # ---- images -------------------------------------------------------------------------------------
@@ -125,11 +131,16 @@ class MolminiProcessor:
 
     # ---- text ---------------------------------------------------------------------------------------
     def _text(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        """The ids of a user's or a record's text, read as plain characters: a literal `<im_patch>`, `<|end|>`
+        or any other special token in it is spelt out, never read as the control token (as chat templates
+        tokenize contents). Otherwise a question holding `<im_patch>` gets one image placeholder too many and
+        its whole batch fails, and one holding `<|end|>` ends its turn early."""
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] if text else []
 
     def _piece(self, text: str) -> list[int]:
+        """The ids of a piece of the chat template (role headers, turn ends), whose special tokens are meant."""
         if text not in self._piece_ids:
-            self._piece_ids[text] = self._text(text)
+            self._piece_ids[text] = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
         return self._piece_ids[text]
 
     def _user_content(self, content: str, images: list[dict[str, Any]]) -> list[int]:
@@ -141,7 +152,7 @@ class MolminiProcessor:
             parts = [""] * len(images) + [content]
         if len(parts) - 1 != len(images):
             raise RecordError(f"the conversation has {len(parts) - 1} {IMAGE_MARKER} markers but {len(images)} "
-                              "images; put one marker per image in the first user turn")
+                              "images; put one marker per image in the first user turn", "image_marker_mismatch")
         ids = self._text(parts[0].strip())
         for image, text in zip(images, parts[1:]):
             ids += image["image_tokens"] + self._text(text.strip())
@@ -287,6 +298,8 @@ class MolminiProcessor:
                                     "(save one with model.save_pretrained)")
         try:
             saved = json.loads(path.read_text())
+            if not isinstance(saved, dict):
+                raise TypeError(f"it holds a JSON {type(saved).__name__}, not an object of processor settings")
             known = {f.name for f in fields(ProcessorConfig)}
             config = ProcessorConfig(**{k: v for k, v in saved.items() if k in known})
             if max_length is not None:

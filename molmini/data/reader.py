@@ -34,8 +34,9 @@ def find_shards(folder: str | os.PathLike) -> list[str]:
     return shards
 
 
-def manifest_counts(shards: list[str]) -> dict[str, int]:
-    """Samples per shard as the manifest.json beside the shards lists them (none where there is none)."""
+def _manifest_listing(shards: list[str]) -> dict[str, int]:
+    """Samples per shard as the manifest.json beside the shards lists them: every shard it lists, on disk
+    or not (nothing for a folder without a manifest we can read)."""
     counts: dict[str, int] = {}
     for folder in {Path(s).parent for s in shards}:
         try:
@@ -44,7 +45,29 @@ def manifest_counts(shards: list[str]) -> dict[str, int]:
                 counts[str(folder / entry["name"])] = int(entry["num_samples"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue  # no manifest (or not one we can read): nothing to check against
+    return counts
+
+
+def manifest_counts(shards: list[str]) -> dict[str, int]:
+    """Samples per shard of `shards` as their manifest lists them (none where there is none)."""
+    counts = _manifest_listing(shards)
     return {s: counts[s] for s in shards if s in counts}
+
+
+def missing_shards(shards: list[str]) -> dict[str, int]:
+    """The shards that the manifest beside `shards` lists but that are not on disk, with the samples it
+    lists for each: `find_shards` finds only the files there, so without this a lost shard's samples would
+    be neither read nor counted."""
+    listed = set(shards)
+    return {path: n for path, n in sorted(_manifest_listing(shards).items())
+            if path not in listed and not Path(path).exists()}
+
+
+def missing_shard_skips(shards: list[str]) -> list["Skip"]:
+    """A `missing_shard` Skip for each shard of `missing_shards(shards)`, standing for all its samples."""
+    return [Skip(f"{path}#missing_shard", "missing_shard", f"{Path(path).name}: listed in {Path(path).parent}/"
+                 f"manifest.json with {n} samples but not there; restore the shard or regenerate the folder",
+                 count=n) for path, n in missing_shards(shards).items()]
 
 
 # ---- the record reader: every consumer of shards reads them through here ---------------------------------
@@ -188,7 +211,8 @@ class ShardReader:
     """The one validated record reader. Each member group of a shard becomes a `Record` (its json checked
     for type and shape by `Record.from_sample`) or a `Skip` saying why not: an unreadable or cut tar, a
     missing member, bad json, a key already read from this reader's shards (keys must be unique in a shard
-    set: the first keeps it), and, after the shard, the samples its manifest lists that were never read."""
+    set: the first keeps it), and, after the shard, the samples its manifest lists that were never read.
+    The shards the manifest lists that are not on disk at all are `missing_shard_skips`' to count."""
 
     def __init__(self, shards: list[str]):
         self.expected = manifest_counts(shards)
@@ -240,6 +264,8 @@ def read_records(shards: list[str], bad: BadRecords | None = None) -> Iterator[R
                 bad.add(entry)
             else:
                 yield entry
+    for skip in missing_shard_skips(shards):  # the shards the manifest lists that are not there
+        bad.add(skip)
 
 
 def iter_records(shards: list[str], on_error: Callable[[str], None] | None = None) -> Iterator[Record]:

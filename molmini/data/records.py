@@ -21,7 +21,6 @@ torch here: the data commands (synth, convert, curate, inspect) write and read r
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -29,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
+
+from molmini.data.images import decode_image
 
 IMAGE_MARKER = "<image>"
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
@@ -63,6 +64,7 @@ class Record:
 
     def __post_init__(self) -> None:
         validate_messages(self.messages, where=self.key)
+        check_image_markers(self.messages[0]["content"], self.num_images, f"record {self.key!r}")
         for ext in [self.image_ext] + [ext for _, ext in self.extra_images]:
             if ext not in IMAGE_EXTENSIONS:
                 raise RecordError(f"record {self.key!r}: image extension {ext!r} is not one of {IMAGE_EXTENSIONS}")
@@ -153,11 +155,10 @@ class Record:
 
 
 def _decode(data: bytes, what: str) -> Image.Image:
+    """The image decoded as every other path decodes one (molmini/data/images.py: EXIF orientation applied,
+    RGB), or a RecordError naming the record."""
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-        # inside: some modes (e.g. 16-bit, CMYK variants) fail only here; an RGB image is not copied
-        return img if img.mode == "RGB" else img.convert("RGB")
+        return decode_image(data)
     except Exception as e:  # PIL raises several unrelated types for bad bytes
         raise RecordError(f"{what}: image cannot be decoded ({type(e).__name__}: {e})", "undecodable_image") from e
 
@@ -201,6 +202,16 @@ def text_boxes_problem(boxes: Any) -> str:
         if not isinstance(angle, (int, float)) or isinstance(angle, bool) or not math.isfinite(angle):
             return f"entry {n} ({_short(entry['text'])}) has angle {angle!r}, not a number of degrees"
     return ""
+
+
+def check_image_markers(first_user_turn: str, num_images: int, where: str) -> None:
+    """The one rule for `<image>` markers, which every consumer meets through the record reader (training
+    skips, evaluation leaves out): the first user turn holds one marker per image, or none (the images then
+    come first). Any other count is a RecordError counted as `image_marker_mismatch`."""
+    markers = first_user_turn.count(IMAGE_MARKER)
+    if markers and markers != num_images:
+        raise RecordError(f"{where}: its first user turn has {markers} {IMAGE_MARKER} markers for {num_images} "
+                          f"image(s); put one {IMAGE_MARKER} per image there, or none", "image_marker_mismatch")
 
 
 def strip_image_marker(text: str) -> str:

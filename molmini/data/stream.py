@@ -5,6 +5,7 @@ DataLoader worker, a seeded shuffle buffer, exact resume through `StreamPosition
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -12,7 +13,7 @@ from typing import Any, Iterator
 import torch
 
 from molmini.data.reader import (MAX_CONSECUTIVE_SKIPS, BadRecords, ShardReader, Skip, SkipReport, find_shards,
-                                 no_usable_record)
+                                 missing_shard_skips, no_usable_record)
 from molmini.data.records import Record, RecordError
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,11 @@ class ShardStream(torch.utils.data.IterableDataset):
         counts nothing) reports each once. `max_consecutive_skips` bad records in a row raise UnusableDataError."""
         rng = random.Random(f"{self.seed}-{self.rank}-{wid}")
         bad = BadRecords()
+        if self.rank == 0 and wid == 0 and start == 0:
+            # The shards the manifest lists that are not on disk, counted by one worker of one process (the
+            # others would count them again); a resumed run has them in its saved counts already.
+            for skip in missing_shard_skips(self.shards):
+                bad.add(skip)
         in_a_row = 0
         for position, (epoch, entry) in enumerate(self._shuffled(self._entries(shards, rng), rng)):
             if position < start:
@@ -146,8 +152,10 @@ def mixture_sources(entries: list[dict[str, Any]]) -> list[tuple[list[str], floa
         if not isinstance(entry, dict) or set(entry) != {"dir", "weight"}:
             raise ValueError(f"data.mixture[{i}] must be {{dir: FOLDER, weight: NUMBER}}, got {entry!r}")
         weight = entry["weight"]
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise ValueError(f"data.mixture[{i}].weight must be a non-negative number, got {weight!r}")
+        # NaN passes `weight < 0`, and one inf weight makes every other set's share NaN: both refused here.
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"data.mixture[{i}].weight (the entry for {entry['dir']!r}) must be a finite, "
+                             f"non-negative number, got {weight!r}")
         sources.append((find_shards(entry["dir"]), float(weight)))
     return sources
 
@@ -167,9 +175,10 @@ class MixtureStream(torch.utils.data.IterableDataset):
     def __init__(self, sources: list[tuple[list[str], float]], transform, shuffle_buffer: int = 0, seed: int = 0,
                  rank: int = 0, world_size: int = 1, resume: "StreamPosition | None" = None):
         super().__init__()
-        if not sources or any(w < 0 for _, w in sources) or sum(w for _, w in sources) <= 0:
-            raise ValueError(f"a mixture needs at least one shard set and non-negative weights with a positive "
-                             f"sum; got weights {[w for _, w in sources]}")
+        weights = [w for _, w in sources]
+        if not sources or not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError("a mixture needs at least one shard set and finite, non-negative weights with a "
+                             f"positive sum; got weights {weights}")
         self.weights = [float(w) for _, w in sources]
         # Each set gets its own seed, so that two sets with the same files still shuffle differently.
         self.streams = [ShardStream(list(shards), transform, shuffle_buffer, f"{seed}/{i}", endless=True, rank=rank,

@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from molmini.data.images import URL_TIMEOUT_S, is_url
+from molmini.data.images import URL_TIMEOUT_S, as_rgb, is_url
 from molmini.data.records import IMAGE_MARKER
 
 DATA_URL_EXAMPLE = "data:image/png;base64,iVBORw0..."
@@ -229,8 +229,9 @@ def fetch_bytes(url: str, limits: Limits, where: str) -> bytes:
 
 
 def decode_image(data: bytes, limits: Limits, where: str) -> Image.Image:
-    """The image in `data` (the processor applies its EXIF orientation and makes it RGB); its size is checked
-    from the header, before any pixel is decoded."""
+    """The image in `data`, its EXIF orientation applied and in RGB as training decodes a record's image
+    (molmini/data/images.py's `as_rgb`, for either model family); its size is checked from the header,
+    before any pixel is decoded."""
     try:
         image = Image.open(io.BytesIO(data))
         pixels = image.width * image.height
@@ -245,7 +246,7 @@ def decode_image(data: bytes, limits: Limits, where: str) -> Image.Image:
     if pixels > limits.max_image_pixels:
         raise RequestError(f"{where} is {image.width}x{image.height} = {pixels} pixels, over this server's limit of "
                            f"{limits.max_image_pixels} (--max-image-pixels); send a smaller image", param="messages")
-    return image
+    return as_rgb(image)
 
 
 def too_many_bytes(size: int, limits: Limits, where: str, at_least: bool = False) -> RequestError:

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, gather_object, set_seed
+from accelerate.utils import DistributedType, broadcast_object_list, gather_object, set_seed
 
 from molmini.config import Config, ConfigError, flat_dict, save_config, validate
 from molmini.data.loader import make_loader, next_batch
@@ -167,6 +167,34 @@ def _nonfinite_message(step: int, count: int, cfg: Config) -> str:
             "`--resume auto` continues from the last checkpoint")
 
 
+def nonfinite_parameters(model) -> list[str]:
+    """The names of the parameters holding a NaN or an inf (this process's shard of each, when sharded)."""
+    bad = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            local = p.to_local() if hasattr(p, "to_local") else p  # an FSDP2 DTensor: this process's shard
+            if not bool(torch.isfinite(local).all()):
+                bad.append(name)
+    return bad
+
+
+def _nonfinite_weights_message(run: "Run", final) -> str:
+    """Why the final checkpoint is refused ("" when its weights are all finite): a checkpoint of NaN weights
+    would be published and evaluated as if it were a model."""
+    bad = nonfinite_parameters(final)
+    if not bad:
+        return ""
+    total = sum(1 for _ in final.parameters())
+    step = run.weights_bad_after or run.last_update
+    first = f"; the first step with a non-finite loss or gradient norm was step {run.first_nonfinite}" \
+        if run.first_nonfinite else ""
+    return (f"the trained weights are not finite ({len(bad)} of {total} tensors, e.g. {bad[0]!r}): they went bad "
+            f"in the update of step {step}{first}. No checkpoint was saved to {run.run_dir / 'checkpoint'}. Lower "
+            f"the learning rate (optim.lr={run.cfg.optim.lr:g}) or lengthen the warmup, set "
+            "train.max_nonfinite_steps (0 never stops the run) to stop such a run early, or resume from a "
+            "checkpoint saved before that step")
+
+
 @dataclass
 class Run:
     """Everything a training run holds between steps; built by `start_run`, advanced by `train_step`."""
@@ -187,6 +215,9 @@ class Run:
     step: int = 0
     nonfinite_total: int = 0
     nonfinite_run: int = 0
+    first_nonfinite: int = 0  # the first step (of this process's run) with a non-finite loss or gradient norm
+    last_update: int = 0  # the last step whose update reached the weights
+    weights_bad_after: int = 0  # the update after which the weights were found non-finite (0: not found)
     skips: SkipCounter = field(default_factory=SkipCounter)
     cost: CostMeter | None = None
     interval: IntervalMeter | None = None
@@ -267,7 +298,8 @@ def start_run(cfg: Config, run_dir: Path, accelerator: Accelerator | None, resum
     run = Run(cfg=cfg, run_dir=run_dir, accelerator=accelerator, model=model, optimizer=optimizer,
               scheduler=scheduler, loader=loader, eval_loader=eval_loader, position=position, state=state,
               rebuild=rebuild, n_params=n_params, trainable=trainable, train_shards=train_shards,
-              step=state.get("step", 0), nonfinite_total=state.get("nonfinite_steps", 0))
+              step=state.get("step", 0), nonfinite_total=state.get("nonfinite_steps", 0),
+              last_update=state.get("step", 0))
     _open_outputs(run, resume_from)
     run.cost, run.interval = CostMeter(state.get("cost")), IntervalMeter(accelerator, n_params)
     run.bar = progress_bar(total=cfg.train.max_steps, initial=run.step, enabled=accelerator.is_main_process,
@@ -318,9 +350,15 @@ def train_step(run: Run) -> StepResult:
     if finite:
         run.optimizer.step()
         run.nonfinite_run = 0
+        run.last_update = run.step + 1
     else:  # the update would write NaN/inf into the weights: skip it, keep the schedule going
         run.nonfinite_total += 1
         run.nonfinite_run += 1
+        run.first_nonfinite = run.first_nonfinite or run.step + 1
+        # The weights are looked at here only, on a step that went wrong, so a healthy run pays nothing: a
+        # finite update (a huge learning rate) can still have made them inf, and then every later loss is NaN.
+        if not run.weights_bad_after and nonfinite_parameters(run.model):
+            run.weights_bad_after = run.last_update
         log.warning("step %d: loss %s, gradient norm %s; update skipped", run.step + 1, loss.item(), grad_norm)
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -394,6 +432,10 @@ def finish_run(run: Run) -> dict[str, Any]:
                "shards_by_rank": shards_by_rank, "resumed_from_step": run.state.get("step", 0)}
     accelerator.wait_for_everyone()
     final = publishable_model(accelerator, run.model, run.rebuild)
+    refusal = [_nonfinite_weights_message(run, final) if accelerator.is_main_process else ""]
+    broadcast_object_list(refusal)  # every process stops, or none does
+    if refusal[0]:
+        raise NonFiniteLossError(refusal[0])
     if accelerator.is_main_process:
         run.log_file.close()
         final.save_pretrained(run.run_dir / "checkpoint", training=summary)

@@ -135,6 +135,43 @@ def test_values_out_of_range_are_refused_at_load_naming_the_key(override):
         load_config(None, [override])
 
 
+@pytest.mark.parametrize("override, key", [("optim.lr=.inf", "optim.lr"), ("optim.lr=inf", "optim.lr"),
+                                           ("optim.grad_clip=.nan", "optim.grad_clip"),
+                                           ("optim.betas=[0.9, .nan]", "optim.betas[1]"),
+                                           ("data.mixture=[{dir: a, weight: 1}, {dir: b, weight: .nan}]",
+                                            "data.mixture[1].weight"),
+                                           ("data.mixture=[{dir: a, weight: .inf}]", "data.mixture[0].weight")])
+def test_non_finite_floats_are_refused_at_load_naming_the_key(override, key):
+    """YAML reads .inf and .nan as numbers; `optim.lr=.inf` trained into all-NaN weights and exited 0."""
+    with pytest.raises(ConfigError, match=re.escape(repr(key)) + ".*finite"):
+        load_config(None, [override])
+
+
+def test_an_override_that_is_not_valid_yaml_names_the_override_and_the_fix():
+    with pytest.raises(ConfigError, match=re.escape("override 'train.batch_size=[4'") + ".*not valid YAML.*"
+                       + re.escape("train.batch_size=[4]")):
+        load_config(None, ["train.batch_size=[4"])
+
+
+@pytest.mark.parametrize("text", ["- model\n- data\n", "42\n", "just words\n"])
+def test_a_config_file_whose_top_level_is_not_a_mapping_is_named(tmp_path, text):
+    path = tmp_path / "list.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(repr(str(path))) + ".*top level.*must be a mapping"):
+        load_config(path, ["train.batch_size=4"])
+
+
+def test_train_py_gives_one_error_line_for_bad_yaml(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT))
+    import train
+    (tmp_path / "list.yaml").write_text("- a\n")
+    for argv in (["--print-config", "train.batch_size=[4"],
+                 ["--print-config", "--config", str(tmp_path / "list.yaml")]):
+        assert train.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
 @pytest.mark.parametrize("name", ["../up", "a/b", "/abs/path", ".."])
 def test_a_run_name_must_stay_inside_the_output_dir(name):
     with pytest.raises(ConfigError, match="train.run_name"):

@@ -171,6 +171,46 @@ def test_heldout_counts_every_sample_a_truncated_shard_is_missing(tmp_path, tiny
     assert results["overall"]["n"] == 2 * 10
 
 
+def test_a_shard_the_manifest_lists_but_that_is_missing_is_counted_by_every_consumer(tmp_path, tiny_model):
+    """Its samples were neither used nor counted (0 skipped); now each consumer counts them as missing_shard,
+    as many as the manifest lists for it: the reader, training (once, with two DataLoader workers), eval
+    heldout, eval run's synthetic benchmark and curate."""
+    from data_pipelines.__main__ import main as pipelines
+    from eval.benchmarks import load_benchmark
+    from eval.heldout import evaluate
+    from molmini.train.loop import train
+    from molmini.train.meters import SkipCounter
+    shards = write_records(tmp_path / "train", make_records(24), per_shard=6)
+    write_records(tmp_path / "test", make_records(8, seed=1), per_shard=4)
+    os.remove(shards[1])
+    messages = []
+    bad = BadRecords(on_skip=lambda skip: messages.append(skip.message))
+    assert len(list(read_records(find_shards(tmp_path / "train"), bad))) == 18
+    assert bad.by_reason == {"missing_shard": 6} and messages == [
+        f"shard-000001.tar: listed in {tmp_path / 'train'}/manifest.json with 6 samples but not there; restore the "
+        "shard or regenerate the folder"]
+
+    loader = torch.utils.data.DataLoader(ShardStream(find_shards(tmp_path / "train"), keys_transform), batch_size=None,
+                                         num_workers=2)
+    counter = SkipCounter()
+    keys = []
+    for sample in loader:
+        counter.update([sample["skipped"]])
+        keys.append(sample["key"])
+    assert len(keys) == 18 and counter.by_reason == {"missing_shard": 6}
+    summary = train(toy_config(tmp_path / "train", tmp_path / "test", "train.max_steps=2"), tmp_path / "run")
+    assert summary["skipped_by_reason"] == {"missing_shard": 6}
+
+    results, rows = evaluate(tiny_model, str(tmp_path / "train"), str(tmp_path / "test"), max_new_tokens=1)
+    assert results["skipped_by_reason"] == {"missing_shard": 6} and results["overall"]["n"] == 18 * 2
+    bench = load_benchmark("synthetic", tmp_path / "train")
+    assert len(list(bench)) == 18 * 2 and dict(bench.skipped_by_reason) == {"missing_shard": 6}
+
+    assert pipelines(["curate", "--input", str(tmp_path / "train"), "--out", str(tmp_path / "curated")]) == 0
+    report = json.loads((tmp_path / "curated" / "curation_report.json").read_text())
+    assert report["unreadable_by_reason"] == {"missing_shard": 6}
+
+
 def test_an_endless_stream_counts_each_bad_record_once_over_many_passes(tmp_path):
     import itertools
     records = make_records(12)
@@ -196,6 +236,27 @@ def test_training_reports_a_record_over_max_length_once_by_reason(tmp_path):
     assert summary["skipped_records"] == 1 and summary["skipped_by_reason"] == {"over_max_length": 1}
     saved = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert saved["skipped_by_reason"] == {"over_max_length": 1}
+
+
+def test_a_first_turn_with_more_image_markers_than_images_is_one_reason_for_training_and_eval(tmp_path, tiny_model):
+    """One rule, in the record reader: two <image> markers for one image is `image_marker_mismatch` for the
+    training stream (it was `invalid_record`, from the processor) and for `eval heldout` (it was scored)."""
+    from eval.heldout import evaluate
+    records = make_records(4)
+    two_markers = with_json(records[1], body(records[1], messages=[
+        {"role": "user", "content": "<image><image>What colour are the bars?"},
+        {"role": "assistant", "content": "red"}]))
+    (tmp_path / "test").mkdir()
+    shards = [write_tar(tmp_path / "test" / "shard-000000.tar", members(records[0]) + two_markers
+                        + [m for r in records[2:] for m in members(r)])]
+    write_records(tmp_path / "train", make_records(4, seed=1))
+    processor = tiny_model.processor
+    samples = list(ShardStream(shards, lambda record, rng: processor.process_record(record)))
+    assert [s["key"] for s in samples] == [records[0].key, records[2].key, records[3].key]
+    assert samples[-1]["skipped"][2:] == (1, {"image_marker_mismatch": 1})
+    results, rows = evaluate(tiny_model, str(tmp_path / "test"), str(tmp_path / "train"), max_new_tokens=2)
+    assert results["skipped_by_reason"] == {"image_marker_mismatch": 1}
+    assert {r["key"] for r in rows} == {records[0].key, records[2].key, records[3].key}
 
 
 # ---- 8: keys are unique in a shard set -------------------------------------------------------------------

@@ -3,10 +3,12 @@ path, an http(s) URL (served here from 127.0.0.1, no internet) or a PIL image; e
 names the input."""
 from __future__ import annotations
 
+import io
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import torch
 from PIL import Image
 
 from molmini.cli import main as molmini
@@ -113,3 +115,48 @@ def test_generate_command_takes_a_url_and_names_a_bad_image(tiny_model, tmp_path
         assert molmini(["generate", "--model", checkpoint, "--image", bad, *common]) == 2
         err = capsys.readouterr().err
         assert f"error: image {said}" in err and "Traceback" not in err
+
+
+def exif_rotated_jpeg() -> bytes:
+    """A 128x64 JPEG (as stored) whose EXIF orientation 6 says: turn it 90 degrees clockwise to view it, as a
+    phone writes a portrait photo. Viewed, it is 64x128 with its red half on top."""
+    stored = Image.new("RGB", (128, 64), "white")
+    stored.paste((200, 30, 30), (0, 0, 64, 64))  # the left half as stored: the top half once turned clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    stored.save(buf, "jpeg", quality=95, exif=exif)
+    return buf.getvalue()
+
+
+def test_an_exif_rotated_jpeg_gives_the_same_pixels_to_training_eval_generate_and_serve(tiny_model, tmp_path):
+    """One decoding everywhere (molmini/data/images.py): the record reader's image (training, eval, curate,
+    inspect), an eval item's, a path given to `generate` and an image sent to `serve` are the same upright
+    64x128 RGB image, and the processor turns each into the same crops."""
+    from data_pipelines.shards import ShardWriter
+    from eval.items import BenchmarkItem
+    from molmini.data.reader import find_shards, read_records
+    from molmini.data.records import Record
+    from molmini.serve.requests import Limits, decode_image
+
+    data = exif_rotated_jpeg()
+    with ShardWriter(tmp_path / "shards", generator="test", maxcount=4) as writer:
+        writer.write(Record(key="portrait", image=data, image_ext="jpg", messages=[
+            {"role": "user", "content": "<image>What colour is the top?"}, {"role": "assistant", "content": "red"}]))
+    (record,) = read_records(find_shards(tmp_path / "shards"))
+    (tmp_path / "portrait.jpg").write_bytes(data)
+    item = BenchmarkItem(id="portrait-0", images=(data,), question="What colour is the top?", golds=["red"],
+                         metric="exact_match", prompt_template="question_only")
+    seen = {"record": record.load_images()[0], "eval item": item.load_images(),
+            "generate (a path)": load_image(tmp_path / "portrait.jpg"),
+            "serve": decode_image(data, Limits(), "messages[0].content image 0")}
+    for path, image in seen.items():
+        assert (image.size, image.mode) == ((64, 128), "RGB"), path
+        assert image.getpixel((32, 10))[0] > 150 and image.getpixel((32, 118))[1] > 200, path  # red on top
+        assert image.tobytes() == seen["record"].tobytes(), path
+
+    processor = tiny_model.processor
+    trained = processor.process_record(record)["pixel_values"]
+    for path in ("generate (a path)", "serve"):
+        source = tmp_path / "portrait.jpg" if path.startswith("generate") else seen["serve"]
+        assert torch.equal(processor.process_prompt(source, "What colour is the top?")["pixel_values"], trained)

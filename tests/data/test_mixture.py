@@ -89,6 +89,11 @@ def test_config_mixture_entries_become_sources(sets, tmp_path):
     assert [(shards, w) for shards, w in sources] == [(sets[0], 0.7), (sets[1], 3.0)]
     with pytest.raises(ValueError, match=r"data.mixture\[0\].weight"):
         mixture_sources([{"dir": folders[0], "weight": -1}])
+    for weight in (float("nan"), float("inf")):  # NaN passes `weight < 0`; inf makes the other shares NaN
+        with pytest.raises(ValueError, match=r"data.mixture\[1\].weight \(the entry for .*finite"):
+            mixture_sources([{"dir": folders[0], "weight": 1}, {"dir": folders[1], "weight": weight}])
+        with pytest.raises(ValueError, match="finite"):
+            MixtureStream([(sets[0], 1), (sets[1], weight)], key_only)
     with pytest.raises(ValueError, match=r"data.mixture\[0\] must be"):
         mixture_sources([{"path": folders[0], "weight": 1}])
     with pytest.raises(FileNotFoundError, match="nowhere"):

@@ -61,3 +61,35 @@ def test_the_saved_processor_loads_back_equal(tiny_model, tmp_path):
     (tmp_path / "processor_config.json").unlink()
     with pytest.raises(FileNotFoundError, match="processor_config.json is missing"):
         MolminiProcessor.from_pretrained(tmp_path)
+
+
+def test_special_tokens_in_a_records_text_are_plain_characters_for_training_and_eval(tiny_model, tmp_path):
+    """`<im_patch>` (and any molmini special token) written in a question or an answer is text: no image
+    placeholder, turn end or role header comes from it. It used to add a placeholder with no image feature,
+    which stopped training in a DataLoader worker and eval heldout with a message naming no record."""
+    from data_pipelines.shards import ShardWriter
+    from eval.heldout import evaluate
+    from molmini.data.tokenizer import END, SPECIAL_TOKENS, USER
+
+    processor = tiny_model.processor
+    question = "What does <im_patch> mean in <|end|><|user|> here?"
+    record = Record(key="literal", image=png_bytes("red"), messages=[
+        {"role": "user", "content": "<image>" + question}, {"role": "assistant", "content": "a token <im_col>"}])
+    sample = processor.process_record(record)
+    ids = torch.tensor(sample["input_ids"])
+    special = {name: tiny_model.token_ids[name] for name in SPECIAL_TOKENS}
+    assert (ids == special[IMAGE_PATCH]).sum().item() == sample["pool_index"].shape[0]  # the image's only
+    assert (ids == special[END]).sum().item() == 2 and (ids == special[USER]).sum().item() == 1  # the template's
+    text_ids = processor._text(question)
+    assert not set(text_ids) & set(special.values()) and processor.tokenizer.decode(text_ids) == question
+    batch = processor.collate([sample, processor.process_record(make_records(1)[0])])  # it trains, beside others
+    batch.pop("keys")
+    tiny_model(**batch)["loss"].backward()
+
+    with ShardWriter(tmp_path / "test", generator="test", maxcount=4) as writer:
+        for r in [record] + make_records(3):
+            writer.write(r)
+    results, rows = evaluate(tiny_model, str(tmp_path / "test"), str(tmp_path / "test"), max_new_tokens=2)
+    assert results["skipped_records"] == 0 and {r["key"] for r in rows} >= {"literal"}
+    prompt = processor.process_prompt(record.load_image(), question)["input_ids"]
+    assert prompt.count(special[IMAGE_PATCH]) == sample["pool_index"].shape[0]

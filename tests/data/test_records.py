@@ -47,8 +47,19 @@ def test_a_key_webdataset_would_split_and_a_missing_json_are_named():
     with pytest.raises(RecordError) as e:
         Record.from_sample({"__key__": "k", "png": png_bytes("red")})
     assert e.value.reason == "missing_member" and ".json" in str(e.value)
+    text_only = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
     with pytest.raises(RecordError, match="text-only"):
-        Record(key="t", image=None, messages=make_records(1)[0].messages).load_image()
+        Record(key="t", image=None, messages=text_only).load_image()
+
+
+@pytest.mark.parametrize("first_turn, images", [("<image><image>Which is red?", 1), ("<image>Colour?", 0),
+                                                ("<image>Which is red?", 2)])
+def test_image_markers_that_are_neither_none_nor_one_per_image_are_a_mismatch(first_turn, images):
+    pictures = [png_bytes("red")] * images
+    with pytest.raises(RecordError, match="markers for") as e:
+        Record(key="m", image=pictures[0] if pictures else None, extra_images=[(p, "png") for p in pictures[1:]],
+               messages=[{"role": "user", "content": first_turn}, {"role": "assistant", "content": "a"}])
+    assert e.value.reason == "image_marker_mismatch"
 
 
 @pytest.mark.parametrize("boxes, named", [

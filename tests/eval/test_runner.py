@@ -126,6 +126,64 @@ def test_cache_is_keyed_by_model(workspace, monkeypatch):
     assert len(list((out / "predictions").glob("*.jsonl"))) == 2
 
 
+def write_benchmark(folder, bars: list[int]) -> None:
+    """A synthetic benchmark folder of records keyed item0, item1, ... whatever their content: record i is a
+    red chart of bars[i] bars, asked the same two questions (so only its image tells it apart)."""
+    import shutil
+
+    from data_pipelines.shards import ShardWriter
+    from molmini.data.records import Record
+    from tests.helpers import png_bytes
+    shutil.rmtree(folder, ignore_errors=True)
+    with ShardWriter(folder, generator="test", maxcount=4) as writer:
+        for i, n in enumerate(bars):
+            writer.write(Record(key=f"item{i}", image=png_bytes("red", bars=n), messages=[
+                {"role": "user", "content": "<image>What colour are the bars?"},
+                {"role": "assistant", "content": "red"},
+                {"role": "user", "content": "How many bars are there?"}, {"role": "assistant", "content": str(n)}],
+                meta={"qa_types": ["colour", "count"]}))
+
+
+def test_a_cached_answer_is_reused_only_for_the_same_item_model_and_settings(workspace, tmp_path, monkeypatch,
+                                                                             caplog):
+    """Records replaced by others under the same keys were scored with the old records' answers (60 of 66
+    reused); a checkpoint rewritten in place with the same sizes and times likewise. Each answer is now
+    keyed on the item's images and prompt, the checkpoint's contents and the generation settings."""
+    import os
+    import shutil
+    seen = count_generated_prompts(monkeypatch)
+    bench, model = tmp_path / "bench", tmp_path / "model"
+    shutil.copytree(workspace["molmini"], model)
+    write_benchmark(bench, [1] * 6)                    # 6 records, 2 questions each
+    args = ["run", "--model", str(model), "--benchmarks", f"synthetic={bench}", "--out", str(tmp_path / "out")]
+    assert main(args) == 0 and len(seen) == 12
+    write_benchmark(bench, [2, 3, 4, 2, 1, 1])         # the first 4 records replaced, under the same keys
+    with caplog.at_level("WARNING", logger="eval.runner"):
+        assert main(args) == 0
+    assert len(seen) == 12 + 8                          # their 8 questions asked again, the other 4 reused
+    assert "8 cached answers were stale" in caplog.text and "4 reused" in caplog.text
+    assert main(args) == 0 and len(seen) == 20          # now all 12 are cached
+
+    weights, times = model / "model.safetensors", os.stat(model / "model.safetensors")
+    shutil.copyfile(workspace["other"] / "model.safetensors", weights)  # other weights, same size
+    os.utime(weights, ns=(times.st_atime_ns, times.st_mtime_ns))        # and the same times
+    assert main(args) == 0 and len(seen) == 32
+
+
+def test_heldout_out_answers_again_what_changed(workspace, tmp_path, monkeypatch, tiny_model):
+    from eval.heldout import evaluate
+    seen = count_generated_prompts(monkeypatch)
+    bench = tmp_path / "bench"
+    write_benchmark(bench, [1] * 4)
+    kwargs = {"max_new_tokens": 2, "model_path": str(workspace["molmini"]), "out_dir": tmp_path / "out"}
+    evaluate(tiny_model, str(bench), str(bench), **kwargs)
+    write_benchmark(bench, [1, 2, 1, 3])
+    evaluate(tiny_model, str(bench), str(bench), **kwargs)
+    assert len(seen) == 8 + 4
+    evaluate(tiny_model, str(bench), str(bench), **{**kwargs, "max_new_tokens": 3})  # other settings: all again
+    assert len(seen) == 8 + 4 + 8
+
+
 def test_a_prompt_template_override_asks_every_item_with_it_and_is_recorded(workspace, monkeypatch, capsys):
     out = workspace["root"] / "override"
     seen = count_generated_prompts(monkeypatch)

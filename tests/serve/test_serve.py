@@ -189,6 +189,32 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(client, se
     assert server[1].state.batcher.largest_batch == after["largest_batch"]
 
 
+def test_special_tokens_in_a_request_are_text_and_do_not_fail_the_requests_batched_with_it(client, reference):
+    """A question holding `<im_patch>` (or `<|end|>`) is answered (it was a 500, and it failed every valid
+    request batched with it): its text is tokenized as plain characters, as generate does."""
+    literal = "What is <im_patch><|end|> in this chart?"
+    cases = [(png_bytes("red", bars=1), literal, 4), (png_bytes("blue", bars=2), QUESTION, 5),
+             (png_bytes("green", bars=3), "How many bars are there?", 4), (png_bytes("red", bars=4), literal, 3)]
+    expected = [reference.generate([image_of(png)], [q], max_new_tokens=n)[0] for png, q, n in cases]
+    answers, start = [None] * len(cases), threading.Barrier(len(cases))
+
+    def ask(i, png, question, max_tokens):
+        start.wait()  # all at once: one batch (the server waits 300 ms for company)
+        try:
+            reply = client.chat.completions.create(model="tiny", messages=[user(question, data_url(png))],
+                                                   max_tokens=max_tokens)
+            answers[i] = reply.choices[0].message.content
+        except openai.APIError as e:
+            answers[i] = e
+
+    threads = [threading.Thread(target=ask, args=(i, *case)) for i, case in enumerate(cases)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert answers == expected
+
+
 BAD_REQUESTS = [
     ("no image", [{"role": "user", "content": QUESTION}], "has no image"),
     ("broken base64", [user(QUESTION, "data:image/png;base64,iVBOR$$not-base64")], "not valid base64"),

@@ -129,6 +129,41 @@ def test_consecutive_non_finite_steps_stop_the_run_naming_the_steps(toy_shards, 
         train(cfg, tmp_path / "run")
 
 
+def test_a_final_checkpoint_with_non_finite_weights_is_refused_naming_the_step(toy_shards, tmp_path, monkeypatch):
+    """optim.lr=.inf exited 0 with a published checkpoint of NaN weights. The config now refuses it at load;
+    past that check (a config changed in code, validation switched off here) and with max_nonfinite_steps=0,
+    which never stops the run, the end of the run refuses to save, naming the update that did it."""
+    import molmini.train.loop as loop
+
+    cfg = toy_config(toy_shards, "train.max_steps=4", "train.max_nonfinite_steps=0")
+    cfg.optim.lr = float("inf")
+    monkeypatch.setattr(loop, "validate", lambda cfg: None)
+    with pytest.raises(loop.NonFiniteLossError, match=r"weights are not finite .*update of step 1; the first step "
+                                                      r"with a non-finite loss or gradient norm was step 2"):
+        loop.train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_weights_made_non_finite_by_the_last_update_are_refused_too(toy_shards, tmp_path, monkeypatch):
+    """No later step sees a NaN loss: the final check alone finds them, and names the last update."""
+    from molmini.train.loop import NonFiniteLossError, train
+
+    step = torch.optim.AdamW.step
+
+    def poisoning_step(self, *args, **kwargs):  # the third update writes a NaN into the first weight
+        out = step(self, *args, **kwargs)
+        poisoning_step.calls += 1
+        if poisoning_step.calls == 3:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].view(-1)[0] = float("nan")
+        return out
+    poisoning_step.calls = 0
+    monkeypatch.setattr(torch.optim.AdamW, "step", poisoning_step)
+    with pytest.raises(NonFiniteLossError, match=r"1 of \d+ tensors.*update of step 3\. No checkpoint"):
+        train(toy_config(toy_shards, "train.max_steps=3"), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
 def test_plot_draws_a_runs_curves(toy_shards, tmp_path):
     from PIL import Image
 
