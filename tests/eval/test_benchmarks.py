@@ -351,9 +351,14 @@ def test_synthetic_shards_one_item_per_question_with_its_type(tmp_path, caplog):
 def test_synthetic_records_with_other_than_one_image_are_skipped_by_key(tmp_path):
     from data_pipelines.shards import ShardWriter
 
+    import dataclasses
     one, two, none = make_records(3)
-    two.extra_images = [(png("blue"), "png")]
-    none.image = None
+    # Valid records (one <image> per image, or none), which the held-out benchmark still leaves out.
+    two = dataclasses.replace(two, extra_images=[(png("blue"), "png")], messages=[
+        {**two.messages[0], "content": "<image><image>" + two.messages[0]["content"].replace("<image>", "")},
+        *two.messages[1:]])
+    none = dataclasses.replace(none, image=None, messages=[
+        {**none.messages[0], "content": none.messages[0]["content"].replace("<image>", "")}, *none.messages[1:]])
     with ShardWriter(tmp_path, generator="test", split="test") as writer:
         for record in (one, two, none):
             writer.write(record)
