@@ -74,9 +74,11 @@ def mutated_body(body: dict, rng: random.Random):
     return rng.choice(choices)
 
 
-def fuzzed_shards(folder: Path, rng: random.Random, n_records: int, n_shards: int) -> tuple[list[str], int, set[str]]:
+def fuzzed_shards(folder: Path, rng: random.Random, n_records: int, n_shards: int,
+                  lying_manifest: bool = False) -> tuple[list[str], int, set[str]]:
     """Shards of `n_records` samples, about half of them corrupted; returns (shards, samples the manifest
-    lists, keys of records that must not be read)."""
+    lists, keys of records that must not be read). `lying_manifest`: the manifest also misstates one shard's
+    count or lists a shard that was never written."""
     folder.mkdir(parents=True, exist_ok=True)
     records = make_records(n_records, seed=rng.randrange(10**6))
     groups: list[list[tuple[str, bytes]]] = []
@@ -87,8 +89,22 @@ def fuzzed_shards(folder: Path, rng: random.Random, n_records: int, n_shards: in
                             task=record.task, meta=record.meta)
         entry = members(record)
         kind = rng.choice(["valid"] * 8 + ["flip_image", "cut_image", "flip_json", "mutate_json", "drop_member",
-                                           "repeat_key", "other_extension"])
-        if kind == "flip_image":
+                                           "repeat_key", "other_extension", "special_tokens", "exif",
+                                           "zero_byte_image", "zero_byte_json"])
+        if kind == "special_tokens":  # molmini's control tokens as user text: plain characters, a valid record
+            body = json.loads(entry[0][1])
+            token = rng.choice(SPECIAL_TEXTS)
+            body["messages"][0]["content"] += f" {token}"
+            body["messages"][1]["content"] = f"{token} {body['messages'][1]['content']}"
+            entry[0] = (entry[0][0], json.dumps(body).encode())
+        elif kind == "exif":  # a JPEG whose EXIF orientation turns it: valid, decoded upright everywhere
+            entry[1] = (f"{record.key}.jpg", exif_jpeg(rng))
+        elif kind == "zero_byte_image":
+            entry[1] = (entry[1][0], b"")
+        elif kind == "zero_byte_json":
+            entry[0] = (entry[0][0], b"")
+            must_not_read.add(record.key)
+        elif kind == "flip_image":
             entry[1] = (entry[1][0], flip(entry[1][1], rng))
         elif kind == "cut_image":
             entry[1] = (entry[1][0], entry[1][1][:rng.randrange(len(entry[1][1]))])
@@ -111,7 +127,7 @@ def fuzzed_shards(folder: Path, rng: random.Random, n_records: int, n_shards: in
                 other = record.key
             entry = [(name.replace(record.key, other), data) for name, data in entry]
         groups.append(entry)
-    shards, counts = [], {}
+    shards, counts, intact = [], {}, []
     per_shard = -(-len(groups) // n_shards)
     for s in range(n_shards):
         chunk = groups[s * per_shard:(s + 1) * per_shard]
@@ -119,14 +135,47 @@ def fuzzed_shards(folder: Path, rng: random.Random, n_records: int, n_shards: in
         path = write_tar(folder / name, [m for g in chunk for m in g])
         counts[name] = len(chunk)
         fate = rng.random()
+        if fate >= 0.2:
+            intact.append(name)
         if fate < 0.15:  # cut anywhere
             data = Path(path).read_bytes()
             Path(path).write_bytes(data[:rng.randrange(len(data))])
         elif fate < 0.2:  # not a tar at all
             Path(path).write_bytes(bytes(rng.getrandbits(8) for _ in range(rng.randrange(2000))))
         shards.append(path)
-    write_manifest(folder, counts)
-    return shards, sum(counts.values()), must_not_read
+    listed = dict(counts)
+    # The samples there are to account for: what the manifest lists, or what a shard holds beyond that.
+    total = sum(counts.values())
+    if lying_manifest:  # a manifest that lies: more or fewer samples than a shard holds, or a ghost shard
+        lie = rng.choice(["more", "fewer", "ghost"] if intact else ["more", "ghost"])
+        if lie == "more":  # read as a truncated shard: the shortfall is counted
+            name = rng.choice(sorted(listed))
+            extra = rng.randint(1, 5)
+            listed[name] += extra
+            total += extra
+        elif lie == "fewer":  # an intact shard holding more than listed: every sample it holds is read
+            name = rng.choice(intact)
+            listed[name] = max(0, listed[name] - rng.randint(1, 5))
+        else:  # listed, never written: counted as missing_shard
+            ghost = rng.randint(1, 20)
+            listed[f"shard-{n_shards:06d}.tar"] = ghost
+            total += ghost
+    write_manifest(folder, listed)
+    return shards, total, must_not_read
+
+
+SPECIAL_TEXTS = ["<im_patch>", "<im_start>", "<im_end>", "<im_col>", "<|end|>", "<|user|>", "<|assistant|>",
+                 "<pad>", "<image>"]
+
+
+def exif_jpeg(rng: random.Random) -> bytes:
+    """A small JPEG carrying EXIF orientation 2-8 (a phone photo held sideways)."""
+    img = Image.frombytes("RGB", (16, 8), bytes(rng.getrandbits(8) for _ in range(16 * 8 * 3)))
+    exif = Image.Exif()
+    exif[0x0112] = rng.randint(2, 8)
+    out = io.BytesIO()
+    img.save(out, format="JPEG", exif=exif.tobytes())
+    return out.getvalue()
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -154,7 +203,8 @@ def one_line_error(capsys) -> str:
 @pytest.mark.parametrize("seed", range(6))
 def test_the_reader_and_the_stream_count_every_sample_once(tmp_path, seed):
     rng = random.Random(seed)
-    shards, listed, must_not_read = fuzzed_shards(tmp_path, rng, n_records=400, n_shards=4)
+    shards, listed, must_not_read = fuzzed_shards(tmp_path, rng, n_records=400, n_shards=4,
+                                                  lying_manifest=seed % 2 == 1)
     before = digest(tmp_path)
     bad = BadRecords(on_skip=lambda skip: None)
     with within(120):
@@ -201,7 +251,7 @@ def test_training_counts_exactly_the_bad_records_of_a_pass_or_stops_with_one_lin
     from molmini.model.vlm import MolminiModel
     from molmini.train.loop import train
     rng = random.Random(100 + seed)
-    shards, listed, _ = fuzzed_shards(tmp_path / "train", rng, n_records=24, n_shards=2)
+    shards, listed, _ = fuzzed_shards(tmp_path / "train", rng, n_records=24, n_shards=2, lying_manifest=seed == 1)
     fuzzed_shards(tmp_path / "test", rng, n_records=8, n_shards=1)
     before = digest(tmp_path / "train")
     cfg = toy_config(tmp_path / "train", tmp_path / "test", f"train.init_from={init_model}")
@@ -231,7 +281,7 @@ def test_evaluation_curation_and_inspection_count_exactly_or_exit_2_with_one_lin
     from eval.benchmarks import undecodable
     rng = random.Random(200 + seed)
     test, train = tmp_path / "test", tmp_path / "train"
-    shards, listed, _ = fuzzed_shards(test, rng, n_records=60, n_shards=3)
+    shards, listed, _ = fuzzed_shards(test, rng, n_records=60, n_shards=3, lying_manifest=seed == 2)
     fuzzed_shards(train, rng, n_records=20, n_shards=2)
     inputs = digest(tmp_path)
     reader_bad = BadRecords(on_skip=lambda skip: None)
