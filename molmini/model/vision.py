@@ -169,13 +169,14 @@ def plain_tower_spec(tower: VisionTower) -> tuple[dict | None, str]:
     if any(getattr(b.mlp.gelu, "approximate", "none") != "none" for b in blocks):
         return None, "its ViT uses the tanh approximation of GELU"
     first = blocks[0]
+    stem = visual.conv1.layers if isinstance(visual.conv1, ConvStem) else []
     spec = {"feature_layers": list(tower.layers), "image_size": tower.image_size, "patch_size": tower.patch_size,
             "width": visual.transformer.width, "heads": first.attn.num_heads, "blocks": len(blocks),
-            "mlp_width": first.mlp.c_fc.out_features,
-            "activation": "quick_gelu" if acts == {QuickGELU} else "gelu",
-            "layer_scale": not isinstance(first.ls_1, nn.Identity), "ln_pre": not isinstance(visual.ln_pre, nn.Identity),
-            "eps": first.ln_1.eps, "conv_stem": [m.out_channels for m in visual.conv1.layers[:-1] if
-                                                 isinstance(m, nn.Conv2d)] if isinstance(visual.conv1, ConvStem) else []}
+            "mlp_width": first.mlp.c_fc.out_features, "activation": "quick_gelu" if acts == {QuickGELU} else "gelu",
+            "layer_scale": not isinstance(first.ls_1, nn.Identity),
+            "ln_pre": not isinstance(visual.ln_pre, nn.Identity), "eps": first.ln_1.eps,
+            # the stem's stride-2 convolutions (its last convolution, to the tower width, is not an entry)
+            "conv_stem": [m.out_channels for m in list(stem)[:-1] if isinstance(m, nn.Conv2d)]}
     with torch.device("meta"):
         plain = PlainVisionTower(**spec)
     want = {k: tuple(v.shape) for k, v in tower.state_dict().items()}

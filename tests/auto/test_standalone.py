@@ -115,8 +115,8 @@ images = [Image.open(p) for p in image_paths]
 model = AutoModelForImageTextToText.from_pretrained(name, trust_remote_code=True)
 processor = AutoProcessor.from_pretrained(name, trust_remote_code=True)
 def answers(ims, ps):
-    texts = [processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p}]}])
-             for p in ps]
+    turns = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p}]}] for p in ps]
+    texts = [processor.apply_chat_template(turn) for turn in turns]
     inputs = processor(images=ims, text=texts, return_tensors="pt", padding=True)
     new = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)[:, inputs["input_ids"].shape[1]:]
     return [a.strip() for a in processor.batch_decode(new, skip_special_tokens=True)]
@@ -127,7 +127,8 @@ pipe = pipeline("image-text-to-text", model=name, trust_remote_code=True)
 chats = [[{"role": "user", "content": [{"type": "image", "image": im}, {"type": "text", "text": p}]}]
          for im, p in zip(images, prompts)]
 out["pipeline"] = [pipe(text=chat, max_new_tokens=max_new_tokens)[0]["generated_text"][-1]["content"] for chat in chats]
-out["pipeline_batched"] = [o[0]["generated_text"][-1]["content"] for o in pipe(text=chats, max_new_tokens=max_new_tokens)]
+batched = pipe(text=chats, max_new_tokens=max_new_tokens)
+out["pipeline_batched"] = [o[0]["generated_text"][-1]["content"] for o in batched]
 model.save_pretrained(resave)  # re-saved without molmini, it loads again the same way
 again = AutoModelForImageTextToText.from_pretrained(resave, trust_remote_code=True)
 out["resaved"] = again.model.generate(images, prompts, max_new_tokens=max_new_tokens)
