@@ -4,7 +4,7 @@ auto_map names, and resolving a folder or hub id to a local folder.
 
 The remote-code files are self-contained where the tower allows it: for an open_clip ViT (molmini's from-scratch
 towers and the CLIP ViT presets) save_pretrained writes configuration, processing and modeling files generated
-from molmini's own source (molmini/auto/standalone.py) that need only torch, transformers, safetensors, pillow and
+from molmini's own source (molmini/hub/standalone.py) that need only torch, transformers, safetensors, pillow and
 numpy, and config.json describes the tower for them (`plain_vision_tower`). Other towers (timm-backed SigLIP and
 ConvNeXt) have no plain-torch twin: their checkpoints carry the thin files of molmini/auto/remote_code/, which
 import the installed molmini, and saving one logs that it needs molmini.
@@ -106,7 +106,7 @@ def write_remote_code(folder: str | Path) -> None:
         for name in REMOTE_CODE_FILES:
             shutil.copyfile(REMOTE_CODE_DIR / name, folder / name)
     else:
-        from molmini.auto.standalone import standalone_files
+        from molmini.hub.standalone import standalone_files
         for name, text in standalone_files().items():
             (folder / name).write_text(text)
     name_processor_class(folder)
@@ -114,7 +114,7 @@ def write_remote_code(folder: str | Path) -> None:
 
 def copy_remote_code_beside(folder: str | Path) -> None:
     """write_remote_code of the self-contained files themselves (they run it in place of the function above,
-    molmini/auto/standalone.py): copy the remote-code files that sit beside the running module, which are this
+    molmini/hub/standalone.py): copy the remote-code files that sit beside the running module, which are this
     checkpoint's own, into `folder`."""
     here = Path(__file__).parent
     for name in REMOTE_CODE_FILES:

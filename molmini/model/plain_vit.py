@@ -3,7 +3,7 @@
 mlp.c_proj}), so a tower molmini trained with open_clip loads its state dict unchanged and computes the same
 patch features, with neither open_clip nor timm installed.
 
-It is what a checkpoint's self-contained remote code runs (molmini/auto/standalone.py assembles those files from
+It is what a checkpoint's self-contained remote code runs (molmini/hub/standalone.py assembles those files from
 this module's source); molmini trains with open_clip's own tower (molmini/model/vision.py), which
 `plain_tower_spec` there describes in the keyword arguments of `PlainVisionTower`. Only what molmini's towers use
 is here: the blocks after the last feature layer, the final norm and the pooling head are pruned away by

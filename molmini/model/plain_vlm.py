@@ -1,5 +1,5 @@
 """The inference half of MolminiModel, built from torch and transformers alone: what a checkpoint's
-self-contained modeling file runs where molmini is not installed (molmini/auto/standalone.py writes that file
+self-contained modeling file runs where molmini is not installed (molmini/hub/standalone.py writes that file
 from this module's source and the sources it names).
 
 There is one implementation of the computation: the methods that turn pixels and token ids into image features,

@@ -6,6 +6,7 @@ differently sized images (so left padding is exercised)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -112,7 +113,7 @@ def test_a_fresh_process_loads_it_with_trust_remote_code_and_generates_what_molm
     assert (got["config"], got["model_type"], got["model"], got["processor"]) == (
         "MolminiConfig", "molmini", "MolminiForConditionalGeneration", "MolminiTransformersProcessor")
     # the classes came through the checkpoint's own remote-code files, copied into the modules cache
-    assert {m.rsplit(".", 1)[1] for m in got["remote_modules"]} >= {
+    assert {m.rsplit(".", 1)[-1] for m in got["remote_modules"]} >= {
         "configuration_molmini", "modeling_molmini", "processing_molmini"}
     assert got["each_file_names_the_loaded_class"] == [True, True, True]
     assert got["prompt_ids"] == got["prompt_echoed"] == expected["prompt_ids"]  # generate returns prompt + new
@@ -183,7 +184,7 @@ def test_the_folder_names_model_type_and_auto_map_and_old_checkpoints_still_load
     processor_config = json.loads((checkpoint / "processor_config.json").read_text())
     assert processor_config["auto_map"] == {"AutoProcessor": "processing_molmini.MolminiTransformersProcessor"}
     for name in REMOTE_CODE_FILES:  # self-contained (an open_clip ViT tower): tests/auto/test_standalone.py
-        assert "from molmini" not in (checkpoint / name).read_text()
+        assert not re.search(r"^\s*(from|import) molmini", (checkpoint / name).read_text(), re.MULTILINE)
     assert "trust_remote_code=True" in (checkpoint / "README.md").read_text()
     # a folder saved before molmini wrote these: molmini still loads it, the evaluation still routes it to
     # MolminiAdapter, and publishing it asks for the files transformers needs
