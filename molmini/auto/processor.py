@@ -10,22 +10,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from transformers import ProcessorMixin
+
 from molmini.data.chat_format import MOLMINI_CHAT_TEMPLATE
 from molmini.data.images import SINGLE_IMAGE
 from molmini.data.processor import PROCESSOR_CONFIG, MolminiProcessor
 from molmini.data.records import IMAGE_MARKER
-from molmini.hub.checkpoint_files import resolve_checkpoint
+from molmini.hub.checkpoint_files import resolve_checkpoint, write_remote_code
 
 PROCESSOR_FILES = [PROCESSOR_CONFIG, "tokenizer_config.json", "tokenizer.json"]
-# What AutoProcessor passes along that has no meaning for molmini's processor.
-# what transformers' Auto classes pass to any remote-code loader, to which molmini's loading gives no meaning
-AUTO_LOADER_ARGUMENTS = {"_from_auto", "trust_remote_code", "code_revision", "_commit_hash", "force_download",
-                         "local_files_only", "proxies"}
-LOADER_ARGUMENTS_WITHOUT_EFFECT = AUTO_LOADER_ARGUMENTS | {"use_fast"}
+# What transformers' Auto classes and pipeline() pass to any remote-code loader, to which molmini's loading gives
+# no meaning.
+AUTO_LOADER_ARGUMENTS = {"_from_auto", "_from_pipeline", "trust_remote_code", "code_revision", "_commit_hash",
+                         "force_download", "local_files_only", "proxies"}
+# What AutoProcessor passes along that has no meaning for molmini's processor: pipeline() hands it the model's
+# loading options (dtype, device_map) too.
+PROCESSOR_LOADER_ARGUMENTS = AUTO_LOADER_ARGUMENTS | {"use_fast", "dtype", "torch_dtype", "device_map"}
 
 
-class MolminiTransformersProcessor(MolminiProcessor):
-    """A MolminiProcessor that speaks transformers' processor interface (AutoProcessor loads it)."""
+class MolminiTransformersProcessor(MolminiProcessor, ProcessorMixin):
+    """A MolminiProcessor that speaks transformers' processor interface (AutoProcessor loads it). It is a
+    ProcessorMixin for the pipelines, which take nothing else; everything they call is MolminiProcessor's or
+    defined here (ProcessorMixin's own __init__ and loading never run)."""
     image_token = IMAGE_MARKER
 
     @property
@@ -37,7 +43,7 @@ class MolminiTransformersProcessor(MolminiProcessor):
                         revision: str | None = None, cache_dir: str | None = None, token: str | bool | None = None,
                         subfolder: str = "", **kwargs: Any) -> "MolminiTransformersProcessor":
         """The processor of a molmini checkpoint folder or hub id; `max_length` replaces the saved sequence budget."""
-        unknown = sorted(set(kwargs) - LOADER_ARGUMENTS_WITHOUT_EFFECT)
+        unknown = sorted(set(kwargs) - PROCESSOR_LOADER_ARGUMENTS)
         if unknown:
             raise ValueError(f"MolminiTransformersProcessor.from_pretrained got arguments it does not know: {unknown}; "
                              "it takes max_length and the hub's revision, subfolder, cache_dir and token")
@@ -47,7 +53,6 @@ class MolminiTransformersProcessor(MolminiProcessor):
 
     def save_pretrained(self, folder: str | Path) -> None:
         """The processor files, named for AutoProcessor, with the remote-code files they point to."""
-        from molmini.hub.checkpoint_files import write_remote_code
         super().save_pretrained(folder)
         write_remote_code(folder)
 
@@ -151,3 +156,9 @@ class MolminiTransformersProcessor(MolminiProcessor):
 
     def decode(self, token_ids: Any, **kwargs: Any) -> str:
         return self.tokenizer.decode(token_ids, **kwargs)
+
+    def post_process_image_text_to_text(self, generated_outputs: Any, skip_special_tokens: bool = True,
+                                        **kwargs: Any) -> list[str]:
+        """The texts of generated sequences, as transformers' image-text-to-text pipeline reads them (it decodes
+        the prompt the same way and cuts it off the front)."""
+        return self.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)

@@ -69,7 +69,10 @@ def load_image(source: ImageInput, timeout: float = URL_TIMEOUT_S) -> Image.Imag
 def _fetch(url: str, timeout: float) -> Image.Image:
     """The image at `url`, fetched with httpx (what transformers fetches with), status checked so that an
     error page is reported as such rather than as an undecodable image."""
-    import httpx
+    try:  # httpx, or where it is not installed huggingface_hub's own copy of it (httpx2), which transformers uses
+        import httpx
+    except ImportError:
+        from huggingface_hub.utils import httpx
 
     try:
         response = httpx.get(url, timeout=timeout, follow_redirects=True)

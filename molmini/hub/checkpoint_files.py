@@ -1,6 +1,13 @@
 """What a molmini checkpoint folder holds, and where one is found: the files from_pretrained reads, the
-config.json keys transformers' Auto classes read (model_type, architectures, auto_map) with the thin
-remote-code files auto_map names, and resolving a folder or hub id to a local folder.
+config.json keys transformers' Auto classes read (model_type, architectures, auto_map) with the remote-code files
+auto_map names, and resolving a folder or hub id to a local folder.
+
+The remote-code files are self-contained where the tower allows it: for an open_clip ViT (molmini's from-scratch
+towers and the CLIP ViT presets) save_pretrained writes configuration, processing and modeling files generated
+from molmini's own source (molmini/hub/standalone.py) that need only torch, transformers, safetensors, pillow and
+numpy, and config.json describes the tower for them (`plain_vision_tower`). Other towers (timm-backed SigLIP and
+ConvNeXt) have no plain-torch twin: their checkpoints carry the thin files of molmini/auto/remote_code/, which
+import the installed molmini, and saving one logs that it needs molmini.
 
 Written by `MolminiModel.save_pretrained`; read back by molmini/auto/, which defines the classes named here.
 Kept apart from molmini/auto/ so that saving a model does not import the classes that wrap it (no cycle).
@@ -18,12 +25,16 @@ from molmini.data.processor import PROCESSOR_CONFIG
 # What a checkpoint folder holds for from_pretrained (the model card, README.md, is added for publishing).
 CHECKPOINT_FILES = ["config.json", "model.safetensors", "processor_config.json", "tokenizer_config.json",
                     "tokenizer.json"]
-# The thin files transformers' Auto classes import with trust_remote_code=True (molmini/remote_code/, written by
-# save_pretrained); they name classes of the installed molmini package. A published checkpoint carries them.
+# The files transformers' Auto classes import with trust_remote_code=True, written by save_pretrained: generated
+# self-contained ones, or the thin ones of molmini/auto/remote_code/ (see the module docstring). A published
+# checkpoint carries them.
 MODEL_TYPE = "molmini"  # config.json's model_type (none in checkpoints saved before they loaded in transformers)
 REMOTE_CODE_FILES = ["configuration_molmini.py", "modeling_molmini.py", "processing_molmini.py"]
 PUBLISHED_FILES = CHECKPOINT_FILES + REMOTE_CODE_FILES + ["README.md"]
 REMOTE_CODE_DIR = Path(__file__).parents[1] / "auto" / "remote_code"
+# config.json's description of the tower for the self-contained files (molmini/model/plain_vit.py's
+# PlainVisionTower arguments); absent when the tower has no plain-torch twin.
+PLAIN_TOWER_KEY = "plain_vision_tower"
 MODEL_AUTO_MAP = {"AutoConfig": "configuration_molmini.MolminiConfig",
                   "AutoModelForImageTextToText": "modeling_molmini.MolminiForConditionalGeneration",
                   # tools that load an unknown model_type with AutoModel (lmms-eval's "huggingface" model) get the
@@ -85,12 +96,36 @@ def transformers_config_fields(model) -> dict[str, Any]:
 
 
 def write_remote_code(folder: str | Path) -> None:
-    """Copy the thin remote-code files into a checkpoint folder and name the processor class (and its file) in
-    its processor_config.json, which is where AutoProcessor looks first."""
+    """Write the remote-code files into a checkpoint folder and name the processor class (and its file) in its
+    processor_config.json, which is where AutoProcessor looks first. Self-contained files unless the folder's
+    config.json describes a tower without a plain-torch twin (no `plain_vision_tower`); a processor saved alone
+    runs standalone whatever the tower."""
     folder = Path(folder)
+    config = folder / "config.json"
+    if config.is_file() and PLAIN_TOWER_KEY not in json.loads(config.read_text()):
+        for name in REMOTE_CODE_FILES:
+            shutil.copyfile(REMOTE_CODE_DIR / name, folder / name)
+    else:
+        from molmini.hub.standalone import standalone_files
+        for name, text in standalone_files().items():
+            (folder / name).write_text(text)
+    name_processor_class(folder)
+
+
+def copy_remote_code_beside(folder: str | Path) -> None:
+    """write_remote_code of the self-contained files themselves (they run it in place of the function above,
+    molmini/hub/standalone.py): copy the remote-code files that sit beside the running module, which are this
+    checkpoint's own, into `folder`."""
+    here = Path(__file__).parent
     for name in REMOTE_CODE_FILES:
-        shutil.copyfile(REMOTE_CODE_DIR / name, folder / name)
-    path = folder / PROCESSOR_CONFIG
+        if (here / name).is_file() and (here / name).resolve() != (Path(folder) / name).resolve():
+            shutil.copyfile(here / name, Path(folder) / name)
+    name_processor_class(folder)
+
+
+def name_processor_class(folder: str | Path) -> None:
+    """processor_config.json names the processor class and its file, which is where AutoProcessor looks first."""
+    path = Path(folder) / PROCESSOR_CONFIG
     saved = json.loads(path.read_text())
     saved.update(processor_class=PROCESSOR_CLASS,
                  auto_map={"AutoProcessor": MODEL_AUTO_MAP["AutoProcessor"]})

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from molmini.config import VisionConfig
+from molmini.model.plain_vit import ChannelNorm, ConvStem  # noqa: F401  (ConvStem: imported from here too)
 
 log = logging.getLogger(__name__)
 
@@ -23,40 +24,6 @@ def _vision_cfg(cfg: VisionConfig) -> dict:
         raise ValueError(f"vision.model_name {cfg.model_name!r} is not an open_clip model; "
                          f"choose one of open_clip.list_models(), e.g. 'ViT-B-16-SigLIP' or 'molmini-vit'")
     return {**base["vision_cfg"], **cfg.vision_cfg}
-
-
-class ChannelNorm(nn.LayerNorm):
-    """LayerNorm over the channels of each pixel of a [B, C, H, W] map: a patch's features never depend
-    on other patches' pixels (GroupNorm or BatchNorm would mix them, and the padding with them)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
-class ConvStem(nn.Module):
-    """3x3 stride-2 convolutions (channel LayerNorm, GELU) through `channels`, then one convolution to
-    `width` covering the rest of the patch stride: [B, 3, H, W] -> [B, width, H / patch, W / patch], the
-    shape of the patchify convolution it replaces."""
-
-    def __init__(self, channels: list[int], width: int, patch_size: int):
-        super().__init__()
-        if 2 ** len(channels) > patch_size:
-            raise ValueError(f"vision.conv_stem has {len(channels)} stride-2 convolutions, which shrink the "
-                             f"image by {2 ** len(channels)}, more than the patch size {patch_size}; use at most "
-                             f"{max(patch_size.bit_length() - 1, 0)} entries")
-        if patch_size % 2 ** len(channels):
-            raise ValueError(f"vision.conv_stem: the patch size {patch_size} is not divisible by "
-                             f"2**{len(channels)}; use a power-of-two patch size or fewer stem entries")
-        layers, c_in = [], 3
-        for c in channels:
-            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False), ChannelNorm(c), nn.GELU()]
-            c_in = c
-        rest = patch_size // 2 ** len(channels)
-        layers.append(nn.Conv2d(c_in, width, kernel_size=rest, stride=rest))
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
 
 
 class _DropRandomInitWarning(logging.Filter):
@@ -178,3 +145,43 @@ class VisionTower(nn.Module):
         out = self.visual.forward_intermediates(pixel_values, indices=self.layers, stop_early=True,
                                                 intermediates_only=True, output_fmt="NLC")
         return torch.cat(out["image_intermediates"], dim=-1)
+
+
+def plain_tower_spec(tower: VisionTower) -> tuple[dict | None, str]:
+    """The keyword arguments of molmini/model/plain_vit.py's PlainVisionTower that rebuild `tower` without
+    open_clip (same state-dict keys, same features), or None and why not: only open_clip's own ViTs with its
+    default blocks have a plain-torch twin; timm-backed towers (SigLIP, ConvNeXt) and exotic ViT options do not.
+    The keys and shapes are checked against the tower's own state dict, on the meta device (no memory)."""
+    from open_clip.transformer import LayerNorm, QuickGELU, ResidualAttentionBlock, VisionTransformer
+
+    from molmini.model.plain_vit import PlainVisionTower
+    visual = tower.visual
+    if tower.is_timm or type(visual) is not VisionTransformer:
+        return None, f"{type(getattr(visual, 'trunk', visual)).__name__} is not an open_clip VisionTransformer"
+    blocks = list(visual.transformer.resblocks)
+    if visual.attn_pool is not None or any(type(b) is not ResidualAttentionBlock for b in blocks):
+        return None, "its ViT has attentional pooling or custom blocks"
+    acts = {type(b.mlp.gelu) for b in blocks}
+    norms = {type(n) for b in blocks for n in (b.ln_1, b.ln_2)} | {type(visual.ln_pre)} - {nn.Identity}
+    if len(acts) != 1 or not acts <= {nn.GELU, QuickGELU} or not norms <= {LayerNorm, nn.LayerNorm}:
+        return None, f"its ViT uses activations {sorted(a.__name__ for a in acts)} and norms " \
+                     f"{sorted(n.__name__ for n in norms)}"
+    if any(getattr(b.mlp.gelu, "approximate", "none") != "none" for b in blocks):
+        return None, "its ViT uses the tanh approximation of GELU"
+    first = blocks[0]
+    stem = visual.conv1.layers if isinstance(visual.conv1, ConvStem) else []
+    spec = {"feature_layers": list(tower.layers), "image_size": tower.image_size, "patch_size": tower.patch_size,
+            "width": visual.transformer.width, "heads": first.attn.num_heads, "blocks": len(blocks),
+            "mlp_width": first.mlp.c_fc.out_features, "activation": "quick_gelu" if acts == {QuickGELU} else "gelu",
+            "layer_scale": not isinstance(first.ls_1, nn.Identity),
+            "ln_pre": not isinstance(visual.ln_pre, nn.Identity), "eps": first.ln_1.eps,
+            # the stem's stride-2 convolutions (its last convolution, to the tower width, is not an entry)
+            "conv_stem": [m.out_channels for m in list(stem)[:-1] if isinstance(m, nn.Conv2d)]}
+    with torch.device("meta"):
+        plain = PlainVisionTower(**spec)
+    want = {k: tuple(v.shape) for k, v in tower.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in plain.state_dict().items()}
+    if want != have:
+        differ = sorted(set(want.items()) ^ set(have.items()))[:4]
+        return None, f"its state dict differs from the plain ViT's ({differ})"
+    return spec, ""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,10 +28,12 @@ from molmini.model.connector import build_connector
 from molmini.model.language_model import build_language_model, enable_transformers_checkpointing
 from molmini.model.loss import count_loss_tokens, head_outputs
 from molmini.model.reading import READ_HEAD, build_read_head, read_outputs
-from molmini.model.vision import VisionTower
+from molmini.model.vision import VisionTower, plain_tower_spec
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+
+log = logging.getLogger(__name__)
 
 
 class MolminiModel(nn.Module):
@@ -271,8 +274,10 @@ class MolminiModel(nn.Module):
                         training: dict[str, Any] | None = None) -> Path:
         """A folder that loads with `from_pretrained` and publishes as is: config, safetensors weights,
         tokenizer, processor config and a model card; and, for transformers' Auto classes (molmini/auto/classes.py),
-        model_type and auto_map in the configs and the thin remote-code files they name."""
-        from molmini.hub.checkpoint_files import transformers_config_fields, write_remote_code
+        model_type and auto_map in the configs and the remote-code files they name: self-contained ones (torch and
+        transformers alone) for an open_clip ViT tower, described in config.json for them; thin ones that import
+        molmini for other towers, which is logged (molmini/hub/checkpoint_files.py)."""
+        from molmini.hub.checkpoint_files import PLAIN_TOWER_KEY, transformers_config_fields, write_remote_code
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         # The sequence budget (max_length) is the processor's, in processor_config.json only. The reading head
@@ -280,6 +285,13 @@ class MolminiModel(nn.Module):
         model = dataclasses.asdict(self.config)
         model["reading"] = dataclasses.asdict(ReadingConfig())
         config = {**transformers_config_fields(self), "model": model, "lm_config": self.lm.config.to_dict()}
+        tower, why_not = plain_tower_spec(self.vision)
+        if tower is not None:
+            config[PLAIN_TOWER_KEY] = tower
+        else:
+            log.warning("%s: the vision tower %s has no plain-torch twin (%s), so this checkpoint loads through "
+                        "transformers' trust_remote_code only where molmini is installed; an open_clip ViT tower "
+                        "(e.g. molmini-vit) saves a self-contained one", folder, self.config.vision.model_name, why_not)
         (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str))
         head, self.read_head = self.read_head, None
         try:
