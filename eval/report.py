@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .report_html import write_html_report
+from .report_html import format_parameters, write_html_report
 from .runner import read_results
 
 PUBLISHED_SCORES = Path(__file__).with_name("published_scores.csv")
@@ -99,17 +99,6 @@ def published_rows(csv_path: str | Path, benchmarks: Sequence[str]) -> list[Repo
 
 
 # ---- writing ---------------------------------------------------------------------------------------------
-
-def format_parameters(n: int | None) -> str:
-    if n is None:
-        return "—"
-    if n == 0:
-        return "0"
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g}{unit}"
-    return str(n)
-
 
 def markdown_table(rows: list[ReportRow], benchmarks: list[str], settings: dict[str, dict[str, Any]]) -> str:
     lines = ["| model | kind | parameters | " + " | ".join(benchmarks) + " |",

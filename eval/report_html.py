@@ -33,6 +33,17 @@ THUMB_PX = 160
 MAX_CATEGORIES = 12  # a question type whose golds repeat, with at most this many distinct, gets a confusion table
 
 
+def format_parameters(n: int | None) -> str:
+    if n is None:
+        return "—"
+    if n == 0:
+        return "0"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
 def load_predictions(results_dirs: Sequence[str | Path], names: dict[str, str]) -> list[dict[str, Any]]:
     """Every prediction row of every (model, benchmark) entry of the folders, with `name` as the report calls
     the model (`names`: cache key -> row name), the settings of its benchmark and its model's spec."""
@@ -105,7 +116,6 @@ def save_image(data: bytes, digest: str, out_dir: Path) -> tuple[str, str]:
 # ---- the static parts ----------------------------------------------------------------------------------
 
 def scores_table(rows, benchmarks: list[str]) -> str:
-    from .report import format_parameters
     head = "".join(f"<th>{html.escape(b)}</th>" for b in benchmarks)
     lines = [f"<table id='scores'><tr><th>model</th><th>kind</th><th>parameters</th>{head}</tr>"]
     for row in rows:

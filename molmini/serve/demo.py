@@ -73,12 +73,14 @@ def read_upload(path: str | Path | None, limits: Limits = Limits()) -> Image.Ima
         image = decode_image(data, limits, name)
     except RequestError as e:
         raise UploadError(str(e)) from e
-    frames = getattr(image, "n_frames", 1)
-    if getattr(image, "is_animated", False) and frames > 1:
+    # The decoder gives upright 8-bit RGB (molmini/data/images.py); what the file itself holds is read apart.
+    raw = Image.open(io.BytesIO(data))
+    frames = getattr(raw, "n_frames", 1)
+    if getattr(raw, "is_animated", False) and frames > 1:
         raise UploadError(f"{name} is animated ({frames} frames); the model sees one still image: upload a "
                           "single frame as PNG or JPEG")
-    if bits_per_channel(image, data) > 8:
-        raise UploadError(f"{name} has 16 bits per channel ({image.mode}); the model sees 8-bit RGB and a "
+    if bits_per_channel(raw, data) > 8:
+        raise UploadError(f"{name} has 16 bits per channel ({raw.mode}); the model sees 8-bit RGB and a "
                           "conversion would clip it: save it as an 8-bit PNG or JPEG")
     return image.convert("RGB")
 

@@ -86,11 +86,16 @@ def test_a_preset_counts_its_pretrained_backbones_without_loading_them(charts, t
 
 def test_init_from_counts_the_checkpoint_and_prints_its_model(tiny_model, tmp_path, capsys):
     tiny_model.save_pretrained(tmp_path / "checkpoint")
-    out, counts = print_config(capsys, [f"train.init_from={tmp_path / 'checkpoint'}", "optim.freeze=[lm]"])
+    out, counts = print_config(capsys, [f"train.init_from={tmp_path / 'checkpoint'}", "optim.freeze=[lm]",
+                                        "model.reading.weight=0"])
     stage = load_config(None, ["optim.freeze=[lm]"])
     prepare_stage(tiny_model, stage.train, stage.optim)
     assert counts == real_counts(tiny_model)
     assert yaml.safe_load(out)["model"]["lm"]["config"]["hidden_size"] == tiny_model.lm.config.hidden_size == 64
+    # The reading loss stays the run's own (the default config's is on): its head joins the vision counts.
+    _, reading = print_config(capsys, [f"train.init_from={tmp_path / 'checkpoint'}", "optim.freeze=[lm]"])
+    head = tiny_model.vision.output_dim * len(tiny_model.processor.tokenizer) + len(tiny_model.processor.tokenizer)
+    assert reading["vision"]["total"] == counts["vision"]["total"] + head
 
 
 def test_a_transformers_vlm_counts_by_its_component_mapping(tmp_path, capsys):
