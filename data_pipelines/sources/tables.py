@@ -79,20 +79,19 @@ def _arrow_batches(file: Path) -> tuple[list[str], Iterator[Any]]:
 
 def convert_cauldron(path: str | os.PathLike, images_dir: str | os.PathLike | None = None, *,
                      source: str | None = None, task: str = "vqa",
-                     stats: ConversionStats | None = None) -> Iterator[Record]:
+                     stats: ConversionStats | None = None, engine: str = "local") -> Iterator[Record]:
     """Records from parquet/arrow in HuggingFaceM4/the_cauldron's schema (`images`: list of {bytes, path},
     `texts`: list of {user, assistant, source}), one per row with every text as a turn and every image of
     the row (several in some subsets). `source` defaults to "the_cauldron/" + the texts' own source. Rows
     without an image are skipped."""
-    return guarded_records(_cauldron_rows(path, images_dir, source, task), stats)
+    return guarded_records(_cauldron_rows(path, images_dir, source, task), stats, engine)
 
 
 def _cauldron_rows(path: str | os.PathLike, images_dir: str | os.PathLike | None, source: str | None,
                    task: str) -> Iterator[SourceRow]:
-    keys = KeyMaker()
     for stem, index, values in iter_table_rows(path, ["images", "texts"]):
 
-        def build() -> Record:
+        def build(keys: KeyMaker) -> Record:
             images, texts = values["images"] or [], values["texts"] or []
             if not images:
                 raise BadRow("no_image", "the row has no image")
@@ -122,19 +121,18 @@ def pixmo_docs_pairs(questions: Any) -> list[tuple[Any, Any]]:
 
 def convert_pixmo_docs(path: str | os.PathLike, images_dir: str | os.PathLike | None = None, *,
                        source: str = "pixmo-docs", task: str = "doc_qa",
-                       stats: ConversionStats | None = None) -> Iterator[Record]:
+                       stats: ConversionStats | None = None, engine: str = "local") -> Iterator[Record]:
     """Records from allenai/pixmo-docs parquet (`image`, `image_id`, `questions`), one per image with all
     its questions as turns; keyed by `image_id`."""
-    return guarded_records(_pixmo_docs_rows(path, images_dir, source, task), stats)
+    return guarded_records(_pixmo_docs_rows(path, images_dir, source, task), stats, engine)
 
 
 def _pixmo_docs_rows(path: str | os.PathLike, images_dir: str | os.PathLike | None, source: str,
                      task: str) -> Iterator[SourceRow]:
-    keys = KeyMaker()
     for stem, index, values in iter_table_rows(path, ["image", "image_id", "questions"]):
         image_id = values["image_id"] or f"{stem}-{index:07d}"
 
-        def build() -> Record:
+        def build(keys: KeyMaker) -> Record:
             messages = row_messages(pixmo_docs_pairs(values["questions"]))
             return make_record(keys(source, image_id), struct_image(values["image"], images_dir), messages,
                                source=source, task=task, meta={"image_id": image_id})
@@ -146,7 +144,7 @@ def _pixmo_docs_rows(path: str | os.PathLike, images_dir: str | os.PathLike | No
 
 def convert_chartqa(path: str | os.PathLike, images_dir: str | os.PathLike | None = None, *,
                     source: str = "chartqa", task: str = "chart_qa", group_by_image: bool = True,
-                    stats: ConversionStats | None = None) -> Iterator[Record]:
+                    stats: ConversionStats | None = None, engine: str = "local") -> Iterator[Record]:
     """Records from ChartQA parquet in either of its layouts (molmini/data/layouts.py): HuggingFaceM4/ChartQA
     (`image`, `query`, `label`: list of answers, `human_or_machine`) or lmms-lab/ChartQA (`image`, `question`,
     `answer`, `type`). The first answer is the answer; meta keeps all of them and each question's subset
@@ -154,7 +152,7 @@ def convert_chartqa(path: str | os.PathLike, images_dir: str | os.PathLike | Non
     False (then one per row).
 
     Grouping reads the table twice: once for the questions and image hashes, once for the images."""
-    return guarded_records(_chartqa_rows(path, images_dir, source, task, group_by_image), stats)
+    return guarded_records(_chartqa_rows(path, images_dir, source, task, group_by_image), stats, engine)
 
 
 def _chartqa_rows(path: str | os.PathLike, images_dir: str | os.PathLike | None, source: str, task: str,
@@ -172,14 +170,13 @@ def _chartqa_rows(path: str | os.PathLike, images_dir: str | os.PathLike | None,
         group["labels"].append(qa.answers)
         group["subsets"].append(qa.subset)
     firsts = {g["rows"][0]: g for g in groups.values()}
-    keys = KeyMaker()
     for stem, index, values in iter_table_rows(path, ["image"]):
         group = firsts.get(f"{stem}/{index}")
         if group is None:
             continue  # a skipped row, or a later row of a group already written
         meta = {"rows": group["rows"], "labels": group["labels"], "subsets": group["subsets"]}
 
-        def build() -> Record:
+        def build(keys: KeyMaker) -> Record:
             return make_record(keys(source, stem, f"{index:07d}"), struct_image(values["image"], images_dir),
                                row_messages(group["qas"]), source=source, task=task, meta=meta)
 

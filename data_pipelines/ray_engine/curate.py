@@ -1,0 +1,229 @@
+"""curate on Ray, dropping exactly the records the local engine drops and writing the same report.
+
+The local engine runs each record through the filters in order, and its two deduplication filters
+remember what reached them: a record is an exact duplicate when an earlier record that passed every other
+filter has its image bytes, and a near duplicate when an earlier record that near deduplication kept is
+within its Hamming radius. Here that becomes three steps:
+
+1. **Judge** (one task per input shard): read the shard (the local reader's checks and counts), run the
+   per-record filters (decontamination's benchmark hashes and QA pairs arrive once per worker, ray.put),
+   and hash each surviving image: sha256 and the perceptual hash. Survivors stay in the object store; the
+   driver gets a small summary per record, and the hashes go into a Ray Dataset.
+2. **Exact duplicates**: a group-by on the sha256; the first of each group in global order keeps it.
+3. **Near duplicates**: a group-by on the perceptual hashes' bands (HammingIndex: two hashes within the
+   radius share a band); each group of two or more lists its pairs within the radius, and the driver
+   resolves them keep-first in global order, naming the same first match as HammingIndex.find.
+
+Global order is (input shard, position in it); the unique-key rule across shards, the report's counts
+and its first examples per filter are applied by the driver in that order. The kept records are then
+fetched shard by shard and written by the driver (convert.write_shards: the output rule, the manifest).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from data_pipelines.dedup import ExactDuplicates, HammingIndex, NearDuplicates
+from data_pipelines.filters import Filter, _phash_or_reason
+from data_pipelines.ray_engine import cluster_cpus, fetch, ordered
+from data_pipelines.report import CurationReport, FilterResult
+from molmini.data.reader import BadRecords, ShardReader, Skip
+from molmini.data.records import Record
+
+POSITION_BITS = 32  # global order = shard number << 32 | position in the shard
+
+
+def _judge_shard(number: int, url: str, judges: list[Filter], hash_images: bool) -> tuple[dict[str, Any], Any, list]:
+    """The task: (summary for the driver, hashes, the surviving records). The summary's `entries` are, in the
+    shard's order, ``("skip", Skip)`` or ``("record", where, key, order, dropped_by, why, counts)``, with
+    `dropped_by` the index of the judge that dropped it (-1: none) and `counts` the judges' own extra
+    numbers for this record (EvalQAOverlap's trimmed exchanges). `hashes`: a pyarrow table with a row per
+    surviving record with an image: its order, key, sha256 and perceptual hash (or why there is none)."""
+    import hashlib
+
+    import pyarrow as pa
+
+    entries, survivors, rows = [], [], {"order": [], "key": [], "sha256": [], "phash": [], "phash_error": []}
+    for position, (where, entry) in enumerate(ShardReader([url]).located(url)):
+        if isinstance(entry, Skip):
+            entries.append(("skip", entry))
+            continue
+        order, record, dropped_by, why, counts = (number << POSITION_BITS) | position, entry, -1, None, {}
+        for i, judge in enumerate(judges):
+            record, why = judge.apply(record)
+            if judge.counts:
+                counts[i] = dict(judge.counts)
+                judge.counts.clear()
+            if record is None:
+                dropped_by = i
+                break
+        entries.append(("record", where, entry.key, order, dropped_by, why, counts))
+        if record is None:
+            continue
+        survivors.append((order, record))
+        if hash_images and record.image is not None:
+            value, error = _phash_or_reason(record)
+            rows["order"].append(order)
+            rows["key"].append(record.key)
+            rows["sha256"].append(hashlib.sha256(record.image).hexdigest())
+            rows["phash"].append("" if value is None else f"{value:x}")
+            rows["phash_error"].append(error or "")
+    hashes = pa.table({"order": pa.array(rows["order"], pa.int64()), **{k: pa.array(v, pa.string())
+                                                                        for k, v in rows.items() if k != "order"}})
+    return {"entries": entries}, hashes, survivors
+
+
+EXACT_SCHEMA = {"order": "int64", "key": "string", "first_key": "string"}
+NEAR_SCHEMA = {"order": "int64", "key": "string", "band": "int64", "match_order": "int64", "match_key": "string",
+               "distance": "int64"}
+
+
+def _empty_or(columns: dict[str, list], schema: dict[str, str]):
+    import pyarrow as pa
+    return pa.table({name: pa.array(columns.get(name, []), getattr(pa, kind)()) for name, kind in schema.items()})
+
+
+def _exact_group(group):
+    """A sha256 group's records after its first (in global order): each dropped for the first one's bytes."""
+    order = group.column("order").to_pylist()
+    keys = group.column("key").to_pylist()
+    ranked = sorted(range(len(order)), key=order.__getitem__)
+    first = keys[ranked[0]]
+    return _empty_or({"order": [order[i] for i in ranked[1:]], "key": [keys[i] for i in ranked[1:]],
+                      "first_key": [first] * (len(ranked) - 1)}, EXACT_SCHEMA)
+
+
+def _band_rows(batch, radius: int):
+    """One row per (record, band) of a batch of hashes: the band's id and value make the group-by key."""
+    import pyarrow as pa
+
+    index = HammingIndex(radius)
+    out = {"band_key": [], "band": [], "order": [], "key": [], "phash": []}
+    for order, key, phash in zip(batch.column("order").to_pylist(), batch.column("key").to_pylist(),
+                                 batch.column("phash").to_pylist()):
+        for band, value in enumerate(index.band_values(int(phash, 16))):
+            out["band_key"].append(f"{band}:{value:x}")
+            out["band"].append(band)
+            out["order"].append(order)
+            out["key"].append(key)
+            out["phash"].append(phash)
+    return pa.table({"band_key": pa.array(out["band_key"], pa.string()), "band": pa.array(out["band"], pa.int64()),
+                     "order": pa.array(out["order"], pa.int64()), "key": pa.array(out["key"], pa.string()),
+                     "phash": pa.array(out["phash"], pa.string())})
+
+
+def _near_group(group, radius: int):
+    """The pairs of a band group within `radius` bits: each later record with an earlier one it may copy.
+    Quadratic in the group's size (a band value that many images share); most groups hold one record."""
+    columns: dict[str, list] = {name: [] for name in NEAR_SCHEMA}
+    order = group.column("order").to_pylist()
+    if len(order) > 1:
+        band = group.column("band")[0].as_py()
+        keys = group.column("key").to_pylist()
+        values = [int(h, 16) for h in group.column("phash").to_pylist()]
+        ranked = sorted(range(len(order)), key=order.__getitem__)
+        for n, i in enumerate(ranked):
+            for j in ranked[:n]:
+                distance = (values[i] ^ values[j]).bit_count()
+                if distance <= radius:
+                    for name, value in zip(NEAR_SCHEMA, (order[i], keys[i], band, order[j], keys[j], distance)):
+                        columns[name].append(value)
+    return _empty_or(columns, NEAR_SCHEMA)
+
+
+def curate_on_ray(shards: list[str], filters: list[Filter], unreadable: BadRecords,
+                  max_examples: int = 10) -> tuple[Iterator[Record], CurationReport]:
+    """curate.curate's (kept records, report) for the records of `shards` (read as read_records reads
+    them, the bad ones counted in `unreadable`). The filters run as in `standard_filters`: every
+    per-record filter, then the deduplication filters, which must come last."""
+    import ray
+
+    dedup = [i for i, f in enumerate(filters) if isinstance(f, (ExactDuplicates, NearDuplicates))]
+    if dedup and dedup != list(range(len(filters) - len(dedup), len(filters))):
+        raise ValueError("the Ray engine runs the deduplication filters after every other filter, as "
+                         "standard_filters orders them; put exact_duplicates and near_duplicates last")
+    judges = filters[:len(filters) - len(dedup)]
+    report = CurationReport([FilterResult(f.name, f.params(), f.counts) for f in filters])
+    drops: list[list[tuple[int, str, str]]] = [[] for _ in filters]  # per filter: (order, key, why)
+    judge = ray.remote(num_returns=3)(_judge_shard)
+    judges_ref = ray.put(judges)  # the eval set's hashes and QA pairs, sent to each worker once
+    jobs = ((number, judge.remote(number, url, judges_ref, bool(dedup))) for number, url in enumerate(shards))
+    reader = ShardReader(shards)  # the unique-key rule across shards
+    survivor_refs, hash_refs, excluded = [], [], set()
+    jobs = ((refs[1:], refs[0]) for _, refs in jobs)
+    for (hashes_ref, survivors_ref), summary in ordered(jobs, window=2 * cluster_cpus()):
+        _fold(summary, reader, report, drops, unreadable, excluded)
+        survivor_refs.append(survivors_ref)
+        hash_refs.append(hashes_ref)
+
+    dropped: set[int] = set()  # orders of the records that deduplication drops
+    if dedup:
+        hashes = ray.data.from_arrow_refs(hash_refs)
+        if excluded:
+            hashes = hashes.filter(lambda row: row["order"] not in excluded)
+        for i in dedup:
+            gone = frozenset(dropped)
+            remaining = hashes.filter(lambda row: row["order"] not in gone) if gone else hashes
+            if isinstance(filters[i], ExactDuplicates):
+                found = [(row["order"], row["key"], f"same image bytes as {row['first_key']}") for row in
+                         remaining.groupby("sha256").map_groups(_exact_group, batch_format="pyarrow").take_all()]
+            else:
+                found = _near_duplicates(remaining, filters[i].threshold)
+            drops[i] = sorted(found)
+            dropped.update(order for order, _, _ in found)
+    report.kept = report.seen - sum(len(found) for found in drops)
+    for result, found in zip(report.filters, drops):
+        result.dropped = len(found)
+        result.examples = [{"key": key, "why": why} for _, key, why in sorted(found)[:max_examples]]
+    return _kept(survivor_refs, dropped | excluded), report
+
+
+def _near_duplicates(remaining, radius: int) -> list[tuple[int, str, str]]:
+    """(order, key, why) of each near duplicate among `remaining` (hash rows), keep-first in global order:
+    a record goes when an earlier record that stays is within `radius` bits; of several, the one
+    HammingIndex.find would name (the first band, then the earliest record in it)."""
+    errors = [(row["order"], row["key"], row["phash_error"])
+              for row in remaining.filter(lambda row: row["phash_error"] != "").take_all()]
+    hashed = remaining.filter(lambda row: row["phash_error"] == "")
+    bands = hashed.map_batches(_band_rows, batch_format="pyarrow", fn_kwargs={"radius": radius})
+    pairs = bands.groupby("band_key").map_groups(_near_group, batch_format="pyarrow",
+                                                 fn_kwargs={"radius": radius}).take_all()
+    candidates: dict[int, list[tuple]] = {}
+    for pair in pairs:
+        candidates.setdefault(pair["order"], []).append(
+            (pair["band"], pair["match_order"], pair["match_key"], pair["distance"], pair["key"]))
+    dropped: dict[int, tuple[str, str]] = {}
+    for order in sorted(candidates):  # earlier records are settled first: a match must itself stay
+        for band, match, match_key, distance, key in sorted(candidates[order]):
+            if match not in dropped:
+                dropped[order] = (key, f"perceptual hash {distance} bits from {match_key}")
+                break
+    return [(order, key, why) for order, (key, why) in dropped.items()] + errors
+
+
+def _kept(survivor_refs: list, dropped: set[int]) -> Iterator[Record]:
+    """The surviving records of each shard in order, less the dropped ones; each shard's block is let go
+    of once read, so the object store empties as the shards are written."""
+    while survivor_refs:
+        for order, record in fetch(survivor_refs.pop(0)):
+            if order not in dropped:
+                yield record
+
+
+def _fold(summary: dict[str, Any], reader: ShardReader, report: CurationReport, drops: list[list[tuple]],
+          unreadable: BadRecords, excluded: set[int]) -> None:
+    """Fold one shard's summary into the report and the counts of bad records, in global order."""
+    for entry in summary["entries"]:
+        if entry[0] == "skip":
+            unreadable.add(entry[1])
+            continue
+        _, where, key, order, dropped_by, why, counts = entry
+        skip = reader.first_read(key, where)
+        if skip is not None:  # a key an earlier shard holds: the local reader never lets it reach curation
+            unreadable.add(skip)
+            excluded.add(order)
+            continue
+        report.seen += 1
+        for i, extra in counts.items():
+            report.filters[i].counts.update(extra)
+        if dropped_by >= 0:
+            drops[dropped_by].append((order, key, why))
