@@ -159,10 +159,9 @@ def curate_on_ray(shards: list[str], filters: list[Filter], unreadable: BadRecor
     if dedup:
         hashes = ray.data.from_arrow_refs(hash_refs)
         if excluded:
-            hashes = hashes.filter(lambda row: row["order"] not in excluded)
+            hashes = _without(hashes, excluded)
         for i in dedup:
-            gone = frozenset(dropped)
-            remaining = hashes.filter(lambda row: row["order"] not in gone) if gone else hashes
+            remaining = _without(hashes, dropped) if dropped else hashes
             if isinstance(filters[i], ExactDuplicates):
                 found = [(row["order"], row["key"], f"same image bytes as {row['first_key']}") for row in
                          remaining.groupby("sha256").map_groups(_exact_group, batch_format="pyarrow").take_all()]
@@ -177,13 +176,31 @@ def curate_on_ray(shards: list[str], filters: list[Filter], unreadable: BadRecor
     return _kept(survivor_refs, dropped | excluded), report
 
 
+def _without(hashes, orders: set[int]):
+    """The hash rows whose order is not in `orders`."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    gone = pa.array(sorted(orders), pa.int64())
+    return hashes.map_batches(lambda batch: batch.filter(pc.invert(pc.is_in(batch.column("order"), gone))),
+                              batch_format="pyarrow")
+
+
+def _rows_where(batch, error: bool):
+    """The hash rows of images whose perceptual hash failed (`error`), or of those that have one."""
+    import pyarrow.compute as pc
+
+    failed = pc.not_equal(batch.column("phash_error"), "")
+    return batch.filter(failed if error else pc.invert(failed))
+
+
 def _near_duplicates(remaining, radius: int) -> list[tuple[int, str, str]]:
     """(order, key, why) of each near duplicate among `remaining` (hash rows), keep-first in global order:
     a record goes when an earlier record that stays is within `radius` bits; of several, the one
     HammingIndex.find would name (the first band, then the earliest record in it)."""
-    errors = [(row["order"], row["key"], row["phash_error"])
-              for row in remaining.filter(lambda row: row["phash_error"] != "").take_all()]
-    hashed = remaining.filter(lambda row: row["phash_error"] == "")
+    errors = [(row["order"], row["key"], row["phash_error"]) for row in
+              remaining.map_batches(_rows_where, batch_format="pyarrow", fn_kwargs={"error": True}).take_all()]
+    hashed = remaining.map_batches(_rows_where, batch_format="pyarrow", fn_kwargs={"error": False})
     bands = hashed.map_batches(_band_rows, batch_format="pyarrow", fn_kwargs={"radius": radius})
     pairs = bands.groupby("band_key").map_groups(_near_group, batch_format="pyarrow",
                                                  fn_kwargs={"radius": radius}).take_all()
