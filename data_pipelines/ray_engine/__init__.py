@@ -11,6 +11,7 @@ reading and decoding images (convert), reading shards and judging records (curat
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import deque
@@ -47,6 +48,26 @@ def connect(address: str | None = None) -> None:
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(include_dashboard=False, runtime_env=local_runtime_env(), log_to_driver=True)
+
+
+@contextlib.contextmanager
+def group_by_settings() -> Iterator[None]:
+    """Ray Data set for this engine's group-bys while the block runs (then as it was): a sort shuffle, in
+    tasks (the default hash shuffle first starts actors: seconds, on a small machine, for a few thousand
+    rows), and no INFO logs (each dataset's plan and progress, pages per group-by, drowning the command's
+    own lines; `-v` shows them)."""
+    import ray.data
+    from ray.data.context import ShuffleStrategy
+
+    context, logger = ray.data.DataContext.get_current(), logging.getLogger("ray.data")
+    strategy, level = context.shuffle_strategy, logger.level
+    context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        context.shuffle_strategy, logger.level = strategy, level
 
 
 def local_runtime_env() -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from data_pipelines.dedup import ExactDuplicates, HammingIndex, NearDuplicates
 from data_pipelines.filters import Filter, _phash_or_reason
-from data_pipelines.ray_engine import cluster_cpus, fetch, ordered
+from data_pipelines.ray_engine import cluster_cpus, fetch, group_by_settings, ordered
 from data_pipelines.report import CurationReport, FilterResult
 from molmini.data.reader import BadRecords, ShardReader, Skip
 from molmini.data.records import Record
@@ -36,13 +36,15 @@ def _judge_shard(number: int, url: str, judges: list[Filter], hash_images: bool)
     """The task: (summary for the driver, hashes, the surviving records). The summary's `entries` are, in the
     shard's order, ``("skip", Skip)`` or ``("record", where, key, order, dropped_by, why, counts)``, with
     `dropped_by` the index of the judge that dropped it (-1: none) and `counts` the judges' own extra
-    numbers for this record (EvalQAOverlap's trimmed exchanges). `hashes`: a pyarrow table with a row per
-    surviving record with an image: its order, key, sha256 and perceptual hash (or why there is none)."""
+    numbers for this record (EvalQAOverlap's trimmed exchanges); `unhashable`, order -> (key, why) of the
+    images whose perceptual hash failed. `hashes`: a pyarrow table with a row per surviving record with an
+    image: its order, key, sha256 and perceptual hash (empty when it failed)."""
     import hashlib
 
     import pyarrow as pa
 
-    entries, survivors, rows = [], [], {"order": [], "key": [], "sha256": [], "phash": [], "phash_error": []}
+    entries, survivors, unhashable = [], [], {}
+    rows: dict[str, list] = {"order": [], "key": [], "sha256": [], "phash": []}
     for position, (where, entry) in enumerate(ShardReader([url]).located(url)):
         if isinstance(entry, Skip):
             entries.append(("skip", entry))
@@ -66,10 +68,11 @@ def _judge_shard(number: int, url: str, judges: list[Filter], hash_images: bool)
             rows["key"].append(record.key)
             rows["sha256"].append(hashlib.sha256(record.image).hexdigest())
             rows["phash"].append("" if value is None else f"{value:x}")
-            rows["phash_error"].append(error or "")
+            if error:
+                unhashable[order] = (record.key, error)
     hashes = pa.table({"order": pa.array(rows["order"], pa.int64()), **{k: pa.array(v, pa.string())
                                                                         for k, v in rows.items() if k != "order"}})
-    return {"entries": entries}, hashes, survivors
+    return {"entries": entries, "unhashable": unhashable}, hashes, survivors
 
 
 EXACT_SCHEMA = {"order": "int64", "key": "string", "first_key": "string"}
@@ -100,6 +103,8 @@ def _band_rows(batch, radius: int):
     out = {"band_key": [], "band": [], "order": [], "key": [], "phash": []}
     for order, key, phash in zip(batch.column("order").to_pylist(), batch.column("key").to_pylist(),
                                  batch.column("phash").to_pylist()):
+        if not phash:  # an image that cannot be decoded: the driver drops it (`unhashable`)
+            continue
         for band, value in enumerate(index.band_values(int(phash, 16))):
             out["band_key"].append(f"{band}:{value:x}")
             out["band"].append(band)
@@ -149,31 +154,47 @@ def curate_on_ray(shards: list[str], filters: list[Filter], unreadable: BadRecor
     jobs = ((number, judge.remote(number, url, judges_ref, bool(dedup))) for number, url in enumerate(shards))
     reader = ShardReader(shards)  # the unique-key rule across shards
     survivor_refs, hash_refs, excluded = [], [], set()
+    unhashable: dict[int, tuple[str, str]] = {}  # order -> (key, why its perceptual hash failed)
     jobs = ((refs[1:], refs[0]) for _, refs in jobs)
     for (hashes_ref, survivors_ref), summary in ordered(jobs, window=2 * cluster_cpus()):
         _fold(summary, reader, report, drops, unreadable, excluded)
+        unhashable.update(summary["unhashable"])
         survivor_refs.append(survivors_ref)
         hash_refs.append(hashes_ref)
 
     dropped: set[int] = set()  # orders of the records that deduplication drops
-    if dedup:
-        hashes = ray.data.from_arrow_refs(hash_refs)
-        if excluded:
-            hashes = _without(hashes, excluded)
-        for i in dedup:
-            remaining = _without(hashes, dropped) if dropped else hashes
-            if isinstance(filters[i], ExactDuplicates):
-                found = [(row["order"], row["key"], f"same image bytes as {row['first_key']}") for row in
-                         remaining.groupby("sha256").map_groups(_exact_group, batch_format="pyarrow").take_all()]
-            else:
-                found = _near_duplicates(remaining, filters[i].threshold)
-            drops[i] = sorted(found)
-            dropped.update(order for order, _, _ in found)
+    with group_by_settings():
+        _deduplicate(filters, dedup, hash_refs, excluded, unhashable, drops, dropped)
     report.kept = report.seen - sum(len(found) for found in drops)
     for result, found in zip(report.filters, drops):
         result.dropped = len(found)
         result.examples = [{"key": key, "why": why} for _, key, why in sorted(found)[:max_examples]]
     return _kept(survivor_refs, dropped | excluded), report
+
+
+def _deduplicate(filters: list[Filter], dedup: list[int], hash_refs: list, excluded: set[int],
+                 unhashable: dict[int, tuple[str, str]], drops: list[list[tuple]], dropped: set[int]) -> None:
+    """Each deduplication filter in turn, on the hash rows the ones before it left: its drops into `drops`
+    (at the filter's index) and their orders into `dropped`."""
+    import ray.data
+
+    if not dedup:
+        return
+    hashes = ray.data.from_arrow_refs(hash_refs)
+    if excluded:
+        hashes = _without(hashes, excluded)
+    for i in dedup:
+        remaining = _without(hashes, dropped) if dropped else hashes
+        if isinstance(filters[i], ExactDuplicates):
+            groups = remaining.groupby("sha256", num_partitions=partitions())
+            found = [(row["order"], row["key"], f"same image bytes as {row['first_key']}")
+                     for row in groups.map_groups(_exact_group, batch_format="pyarrow").take_all()]
+        else:  # an image whose hash failed is dropped, with why, as NearDuplicates drops it
+            found = [(order, key, why) for order, (key, why) in unhashable.items()
+                     if order not in dropped and order not in excluded]
+            found += _near_duplicates(remaining, filters[i].threshold)
+        drops[i] = sorted(found)
+        dropped.update(order for order, _, _ in found)
 
 
 def _without(hashes, orders: set[int]):
@@ -186,24 +207,18 @@ def _without(hashes, orders: set[int]):
                               batch_format="pyarrow")
 
 
-def _rows_where(batch, error: bool):
-    """The hash rows of images whose perceptual hash failed (`error`), or of those that have one."""
-    import pyarrow.compute as pc
-
-    failed = pc.not_equal(batch.column("phash_error"), "")
-    return batch.filter(failed if error else pc.invert(failed))
+def partitions() -> int:
+    """Partitions of a group-by: a few per CPU (Ray Data's default, 200, is for clusters of hundreds)."""
+    return 2 * cluster_cpus()
 
 
 def _near_duplicates(remaining, radius: int) -> list[tuple[int, str, str]]:
     """(order, key, why) of each near duplicate among `remaining` (hash rows), keep-first in global order:
     a record goes when an earlier record that stays is within `radius` bits; of several, the one
     HammingIndex.find would name (the first band, then the earliest record in it)."""
-    errors = [(row["order"], row["key"], row["phash_error"]) for row in
-              remaining.map_batches(_rows_where, batch_format="pyarrow", fn_kwargs={"error": True}).take_all()]
-    hashed = remaining.map_batches(_rows_where, batch_format="pyarrow", fn_kwargs={"error": False})
-    bands = hashed.map_batches(_band_rows, batch_format="pyarrow", fn_kwargs={"radius": radius})
-    pairs = bands.groupby("band_key").map_groups(_near_group, batch_format="pyarrow",
-                                                 fn_kwargs={"radius": radius}).take_all()
+    bands = remaining.map_batches(_band_rows, batch_format="pyarrow", fn_kwargs={"radius": radius})
+    pairs = bands.groupby("band_key", num_partitions=partitions()).map_groups(
+        _near_group, batch_format="pyarrow", fn_kwargs={"radius": radius}).take_all()
     candidates: dict[int, list[tuple]] = {}
     for pair in pairs:
         candidates.setdefault(pair["order"], []).append(
@@ -214,7 +229,7 @@ def _near_duplicates(remaining, radius: int) -> list[tuple[int, str, str]]:
             if match not in dropped:
                 dropped[order] = (key, f"perceptual hash {distance} bits from {match_key}")
                 break
-    return [(order, key, why) for order, (key, why) in dropped.items()] + errors
+    return [(order, key, why) for order, (key, why) in dropped.items()]
 
 
 def _kept(survivor_refs: list, dropped: set[int]) -> Iterator[Record]:
