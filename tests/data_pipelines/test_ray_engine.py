@@ -124,6 +124,7 @@ def planted_set(folder: Path) -> None:
         writer.write(records[-1])
     (folder / "more" / "shard-000000.tar").rename(folder / "shard-000999.tar")  # a shard the manifest omits
     shutil.rmtree(folder / "more")
+    (folder / "shard-000500.tar").write_bytes(b"not a tar at all")  # unreadable_shard
 
 
 def test_curate_drops_the_same_records_and_writes_the_same_report(ray_cluster, tmp_path, eval_dir):
@@ -145,7 +146,7 @@ def test_curate_drops_the_same_records_and_writes_the_same_report(ray_cluster, t
     dropped = {f["name"]: f["dropped"] for f in local_report["filters"]}
     assert dropped["exact_duplicates"] == 2 and dropped["near_duplicates"] == 2
     assert dropped["eval_image_overlap"] == 1 and dropped["eval_qa_overlap"] == 1
-    assert local_report["unreadable_by_reason"] == {"duplicate_key": 1}
+    assert local_report["unreadable_by_reason"] == {"duplicate_key": 1, "unreadable_shard": 1}
 
 
 def test_a_killed_ray_job_leaves_out_as_it_was(ray_cluster, tmp_path):
@@ -173,3 +174,34 @@ def test_engine_ray_without_ray_is_one_error_line(monkeypatch, tmp_path, capsys)
     assert main(["synth", "charts", "--num", "2", "--out", str(tmp_path / "x"), "--engine", "ray"]) == 2
     assert 'pip install "molmini[ray]"' in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_near_duplicate_groups_resolve_as_the_local_index_keeps_first(ray_cluster):
+    """Chains of near copies (B near A, C near B but not A: C stays when B goes) and pairs that share
+    several bands: the group-by's resolution names what HammingIndex.find names, record for record."""
+    import random
+
+    from data_pipelines.dedup import HammingIndex
+    from data_pipelines.ray_engine import group_by_settings
+    from data_pipelines.ray_engine.curate import _near_duplicates
+
+    rng, hashes = random.Random(0), []
+    for _ in range(40):
+        value = rng.getrandbits(256)
+        for _ in range(rng.randint(1, 5)):  # a chain: each link a few bits from the one before
+            hashes.append(value)
+            for _ in range(rng.randint(3, 12)):
+                value ^= 1 << rng.randrange(256)
+    rng.shuffle(hashes)
+    index, expected = HammingIndex(16), {}
+    for order, value in enumerate(hashes):
+        match = index.find(value)
+        if match:
+            expected[order] = (f"k{order}", f"perceptual hash {match[1]} bits from {match[0]}")
+        else:
+            index.add(value, f"k{order}")
+    assert len(expected) > 20 and len(expected) < len(hashes) - 40  # chains left some links standing
+    rows = [{"order": n, "key": f"k{n}", "sha256": "", "phash": f"{v:x}"} for n, v in enumerate(hashes)]
+    with group_by_settings():
+        found = _near_duplicates(ray.data.from_items(rows, override_num_blocks=4), 16)
+    assert {order: (key, why) for order, key, why in found} == expected
