@@ -35,16 +35,18 @@ class BadRow(ValueError):
         return BadRow, (self.reason, str(self))
 
 
-def guarded_records(rows: Iterable[SourceRow], stats: ConversionStats | None = None,
-                    engine: str = "local") -> Iterator[Record]:
+def guarded_records(rows: Iterable[SourceRow], stats: ConversionStats | None = None, engine: str = "local",
+                    parts: list[Callable[[], Iterable[SourceRow]]] | None = None) -> Iterator[Record]:
     """The records of `rows`: each unit's source rows are counted in `stats`, then `build(keys)` makes their
     record, or raises BadRow and they are counted as skipped under its reason and logged by name. Records
     are counted too, with the text-only and multi-image ones. `engine` "ray" builds the units in Ray tasks
-    (ray_engine/convert.py: the same records, keys and counts)."""
+    (ray_engine/convert.py: the same records, keys and counts); `parts`, when a source can say so, are
+    `rows` cut into pieces that each give their own rows (a table's files), which Ray tasks then also
+    read, one piece each."""
     stats = stats if stats is not None else ConversionStats()
     if engine == "ray":
         from data_pipelines.ray_engine.convert import built_on_ray
-        yield from built_on_ray(rows, stats)
+        yield from built_on_ray(rows, stats, parts=parts)
         return
     keys = KeyMaker()
     for name, build, count in rows:

@@ -2,9 +2,10 @@
 ChartQA (either of its layouts, molmini/data/layouts.py)."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from data_pipelines.report import ConversionStats
 from molmini.data.layouts import CHARTQA_LAYOUTS, Layout, QARow, detect_layout
@@ -23,6 +24,14 @@ def table_files(path: str | os.PathLike) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"{path} is not a .parquet/.arrow file or a folder holding some")
     return files
+
+
+def per_file(engine: str, rows_of: Callable[..., Iterator[SourceRow]], path: str | os.PathLike,
+             args: tuple) -> list[Callable[[], Iterator[SourceRow]]] | None:
+    """For the Ray engine, a source's rows cut into one piece per table file (`rows_of(file, *args)`),
+    for sources whose rows of one file need none of another's: what those files give one by one is what
+    the folder gives (keys start from the file's stem and its own row numbers)."""
+    return [functools.partial(rows_of, file, *args) for file in table_files(path)] if engine == "ray" else None
 
 
 def iter_table_rows(path: str | os.PathLike, columns: list[str],
@@ -84,7 +93,8 @@ def convert_cauldron(path: str | os.PathLike, images_dir: str | os.PathLike | No
     `texts`: list of {user, assistant, source}), one per row with every text as a turn and every image of
     the row (several in some subsets). `source` defaults to "the_cauldron/" + the texts' own source. Rows
     without an image are skipped."""
-    return guarded_records(_cauldron_rows(path, images_dir, source, task), stats, engine)
+    args = (images_dir, source, task)
+    return guarded_records(_cauldron_rows(path, *args), stats, engine, per_file(engine, _cauldron_rows, path, args))
 
 
 def _cauldron_rows(path: str | os.PathLike, images_dir: str | os.PathLike | None, source: str | None,
@@ -124,7 +134,9 @@ def convert_pixmo_docs(path: str | os.PathLike, images_dir: str | os.PathLike | 
                        stats: ConversionStats | None = None, engine: str = "local") -> Iterator[Record]:
     """Records from allenai/pixmo-docs parquet (`image`, `image_id`, `questions`), one per image with all
     its questions as turns; keyed by `image_id`."""
-    return guarded_records(_pixmo_docs_rows(path, images_dir, source, task), stats, engine)
+    args = (images_dir, source, task)
+    return guarded_records(_pixmo_docs_rows(path, *args), stats, engine,
+                           per_file(engine, _pixmo_docs_rows, path, args))
 
 
 def _pixmo_docs_rows(path: str | os.PathLike, images_dir: str | os.PathLike | None, source: str,
@@ -152,7 +164,10 @@ def convert_chartqa(path: str | os.PathLike, images_dir: str | os.PathLike | Non
     False (then one per row).
 
     Grouping reads the table twice: once for the questions and image hashes, once for the images."""
-    return guarded_records(_chartqa_rows(path, images_dir, source, task, group_by_image), stats, engine)
+    args = (images_dir, source, task, group_by_image)
+    # Grouping by image spans the files: only rows kept apart can be read file by file.
+    parts = None if group_by_image else per_file(engine, _chartqa_rows, path, args)
+    return guarded_records(_chartqa_rows(path, *args), stats, engine, parts)
 
 
 def _chartqa_rows(path: str | os.PathLike, images_dir: str | os.PathLike | None, source: str, task: str,

@@ -17,7 +17,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from data_pipelines.__main__ import main  # noqa: E402
-from data_pipelines.convert import ConversionStats, convert_chartqa, convert_llava  # noqa: E402
+from data_pipelines.convert import ConversionStats, convert_cauldron, convert_chartqa, convert_llava  # noqa: E402
 from data_pipelines.shards import MANIFEST_NAME, ShardWriter  # noqa: E402
 from molmini.data.reader import find_shards, iter_records  # noqa: E402
 from tests.data_pipelines.test_convert import chartqa_parquet, llava_files  # noqa: E402,F401
@@ -96,6 +96,25 @@ def test_convert_chartqa_merges_rows_by_image_as_the_local_engine(ray_cluster, c
         local = [r.to_sample() for r in convert_chartqa(path, stats=local_stats, group_by_image=group)]
         on_ray = [r.to_sample() for r in convert_chartqa(path, stats=ray_stats, group_by_image=group, engine="ray")]
         assert on_ray == local and ray_stats.as_dict() == local_stats.as_dict()
+
+
+def test_convert_reads_parquet_files_in_parallel_with_the_local_engines_keys(ray_cluster, tmp_path):
+    """One task per file; two files with one stem (in two folders) give the same keys, '-2' and all."""
+    from tests.data_pipelines.test_convert import CAULDRON_SCHEMA, hf_image, image_bytes, write_parquet
+
+    texts = [{"user": "Which box?", "assistant": "The red one.", "source": "ai2d"}]
+    for n, folder in enumerate(["a", "b", "c"]):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        rows = {"images": [[hf_image(image_bytes("PNG", (n * 60, 0, 0)))], [hf_image(b"garbage")], []],
+                "texts": [texts, texts, texts]}
+        write_parquet(tmp_path / "in" / folder / "train-00000-of-00001.parquet", rows, CAULDRON_SCHEMA)
+    local_stats, ray_stats = ConversionStats(), ConversionStats()
+    local = [r.to_sample() for r in convert_cauldron(tmp_path / "in", stats=local_stats)]
+    on_ray = [r.to_sample() for r in convert_cauldron(tmp_path / "in", stats=ray_stats, engine="ray")]
+    assert [s["__key__"] for s in local] == ["cauldron-train-00000-of-00001-0000000",
+                                             "cauldron-train-00000-of-00001-0000000-2",
+                                             "cauldron-train-00000-of-00001-0000000-3"]
+    assert on_ray == local and ray_stats.as_dict() == local_stats.as_dict()
 
 
 def planted_set(folder: Path) -> None:
