@@ -41,8 +41,8 @@ def samples(folder: Path) -> list[dict]:
 
 
 def sources_from(charts: Path, work: Path) -> tuple[Path, Path, Path]:
-    """A LLaVA JSON with an image folder and a ChartQA parquet, both from the synthetic charts (every
-    image twice in the parquet, as ChartQA asks several questions of a chart)."""
+    """A LLaVA JSON with an image folder and a ChartQA parquet folder of 4 files, both from the synthetic
+    charts (two rows per chart in the parquet, as ChartQA asks several questions of a chart)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -67,8 +67,12 @@ def sources_from(charts: Path, work: Path) -> tuple[Path, Path, Path]:
     llava.write_text(json.dumps(entries))
     schema = pa.schema([("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
                         ("query", pa.string()), ("label", pa.list_(pa.string())), ("human_or_machine", pa.int64())])
-    parquet = work / "chartqa.parquet"
-    pq.write_table(pa.table(rows, schema=schema), parquet, row_group_size=64)
+    parquet = work / "chartqa"
+    parquet.mkdir()
+    table, files = pa.table(rows, schema=schema), 4
+    step = -(-len(table) // files)
+    for n in range(files):
+        pq.write_table(table.slice(n * step, step), parquet / f"train-{n:05d}-of-{files:05d}.parquet")
     return llava, images, parquet
 
 
@@ -122,7 +126,7 @@ def main() -> None:
         figures[stage] = {"records": records, "local_per_s": round(records / local_s, 1),
                           "ray_per_s": round(records / ray_s, 1), "local_s": round(local_s, 2),
                           "ray_s": round(ray_s, 2)}
-        print(f"{stage:16s} {records:6d} records  local {records / local_s:8.1f}/s  ray {records / ray_s:8.1f}/s",
+        print(f"{stage:24s} {records:6d} records  local {records / local_s:8.1f}/s  ray {records / ray_s:8.1f}/s",
               flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench-data-engine-") as tmp:
@@ -134,14 +138,16 @@ def main() -> None:
         report("synth charts", args.num, local_s, ray_s)
 
         llava, images, parquet = sources_from(work / "synth-local", work / "sources")
-        for kind, path, extra in (("llava", llava, {"images_dir": images}), ("chartqa", parquet, {})):
+        for kind, path, extra in (("llava", llava, {"images_dir": images}), ("chartqa", parquet, {}),
+                                  ("chartqa", parquet, {"group_by_image": False})):
             outs, seconds = {}, {}
+            label = f"convert {kind}" + (" per row" if extra.get("group_by_image") is False else "")
             for engine in ("local", "ray"):
-                outs[engine] = work / f"convert-{kind}-{engine}"
+                outs[engine] = work / f"{label}-{engine}".replace(" ", "-")
                 (manifest, _), seconds[engine] = timed(lambda: convert(kind, path, outs[engine], progress=False,
                                                                        engine=engine, **extra))
             assert samples(outs["local"]) == samples(outs["ray"])
-            report(f"convert {kind}", manifest["num_samples"], seconds["local"], seconds["ray"])
+            report(label, manifest["num_samples"], seconds["local"], seconds["ray"])
 
         source = work / "curate-input"
         total = with_duplicates(work / "synth-local", source)
