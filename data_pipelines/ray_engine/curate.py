@@ -138,8 +138,9 @@ def _near_group(group, radius: int):
 def curate_on_ray(shards: list[str], filters: list[Filter], unreadable: BadRecords,
                   max_examples: int = 10) -> tuple[Iterator[Record], CurationReport]:
     """curate.curate's (kept records, report) for the records of `shards` (read as read_records reads
-    them, the bad ones counted in `unreadable`). The filters run as in `standard_filters`: every
-    per-record filter, then the deduplication filters, which must come last."""
+    them, the bad ones counted in `unreadable`); as there, the work starts when the records are first
+    asked for, and the report is complete once they are all read. The filters run as in
+    `standard_filters`: every per-record filter, then the deduplication filters, which must come last."""
     import ray
 
     dedup = [i for i, f in enumerate(filters) if isinstance(f, (ExactDuplicates, NearDuplicates))]
@@ -149,27 +150,32 @@ def curate_on_ray(shards: list[str], filters: list[Filter], unreadable: BadRecor
     judges = filters[:len(filters) - len(dedup)]
     report = CurationReport([FilterResult(f.name, f.params(), f.counts) for f in filters])
     drops: list[list[tuple[int, str, str]]] = [[] for _ in filters]  # per filter: (order, key, why)
-    judge = ray.remote(num_returns=3)(_judge_shard)
-    judges_ref = ray.put(judges)  # the eval set's hashes and QA pairs, sent to each worker once
-    jobs = ((number, judge.remote(number, url, judges_ref, bool(dedup))) for number, url in enumerate(shards))
-    reader = ShardReader(shards)  # the unique-key rule across shards
-    survivor_refs, hash_refs, excluded = [], [], set()
-    unhashable: dict[int, tuple[str, str]] = {}  # order -> (key, why its perceptual hash failed)
-    jobs = ((refs[1:], refs[0]) for _, refs in jobs)
-    for (hashes_ref, survivors_ref), summary in ordered(jobs, window=2 * cluster_cpus()):
-        _fold(summary, reader, report, drops, unreadable, excluded)
-        unhashable.update(summary["unhashable"])
-        survivor_refs.append(survivors_ref)
-        hash_refs.append(hashes_ref)
 
-    dropped: set[int] = set()  # orders of the records that deduplication drops
-    with group_by_settings():
-        _deduplicate(filters, dedup, hash_refs, excluded, unhashable, drops, dropped)
-    report.kept = report.seen - sum(len(found) for found in drops)
-    for result, found in zip(report.filters, drops):
-        result.dropped = len(found)
-        result.examples = [{"key": key, "why": why} for _, key, why in sorted(found)[:max_examples]]
-    return _kept(survivor_refs, dropped | excluded), report
+    def kept() -> Iterator[Record]:
+        # Lazy, like the local engine: the caller's output rule refuses a taken --out before any work.
+        judge = ray.remote(num_returns=3)(_judge_shard)
+        judges_ref = ray.put(judges)  # the eval set's hashes and QA pairs, sent to each worker once
+        # (hashes, survivors) ride along; each shard's summary is fetched in shard order
+        jobs = ((refs[1:], refs[0]) for refs in (judge.remote(number, url, judges_ref, bool(dedup))
+                                                 for number, url in enumerate(shards)))
+        reader = ShardReader(shards)  # the unique-key rule across shards
+        survivor_refs, hash_refs, excluded = [], [], set()
+        unhashable: dict[int, tuple[str, str]] = {}  # order -> (key, why its perceptual hash failed)
+        for (hashes_ref, survivors_ref), summary in ordered(jobs, window=2 * cluster_cpus()):
+            _fold(summary, reader, report, drops, unreadable, excluded)
+            unhashable.update(summary["unhashable"])
+            survivor_refs.append(survivors_ref)
+            hash_refs.append(hashes_ref)
+        dropped: set[int] = set()  # orders of the records that deduplication drops
+        with group_by_settings():
+            _deduplicate(filters, dedup, hash_refs, excluded, unhashable, drops, dropped)
+        report.kept = report.seen - sum(len(found) for found in drops)
+        for result, found in zip(report.filters, drops):
+            result.dropped = len(found)
+            result.examples = [{"key": key, "why": why} for _, key, why in sorted(found)[:max_examples]]
+        yield from _kept(survivor_refs, dropped | excluded)
+
+    return kept(), report
 
 
 def _deduplicate(filters: list[Filter], dedup: list[int], hash_refs: list, excluded: set[int],

@@ -37,7 +37,7 @@ def synth_shards(folder: str | os.PathLike, module: str, *, header: dict[str, An
                             str(Path(folder) / (SHARD_PATTERN % n))))
             for n, start in enumerate(range(0, num_images, shard_size)))
     shards, by_task, by_source = [], Counter(), Counter()
-    with tqdm(total=num_images, desc=f"synth (ray) -> {folder}", unit="img", disable=not progress) as bar:
+    with tqdm(total=num_images, desc="synth on Ray", unit="img", disable=not progress) as bar:
         for _, entry in ordered(jobs, window=2 * cluster_cpus()):
             shards.append(entry)
             by_task.update(entry["counts_by_task"])
