@@ -110,8 +110,11 @@ def main() -> None:
     from data_pipelines.synth import charts
     from molmini.data.reader import BadRecords, find_shards, read_records
 
-    figures: dict[str, object] = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} "
-                                             f"cores, Python {platform.python_version()}", "num": args.num}
+    figures: dict[str, object] = {"command": " ".join(["python", *sys.argv]),
+                                  "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} "
+                                             f"{platform.release()}, Python {platform.python_version()}",
+                                  "date": time.strftime("%Y-%m-%d"), "load_at_start": os.getloadavg()[0],
+                                  "num": args.num}
     _, import_s = timed(lambda: __import__("ray"))
     import ray
 
@@ -160,6 +163,8 @@ def main() -> None:
         assert local_kept == ray_kept, "the engines kept different records"
         report("curate", total, local_s, ray_s)
         figures["curate"]["kept"] = len(local_kept)
+    figures["load_at_end"] = os.getloadavg()[0]
+    ray.shutdown()
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))

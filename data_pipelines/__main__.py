@@ -75,7 +75,7 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
                        help="split name, recorded in the manifest and record keys (default: train)")
         p.add_argument("--image-px", type=int, default=None, help=f"image width in pixels (default: {px})")
         p.add_argument("--workers", type=int, default=1,
-                       help="rendering processes; the output does not depend on it (default: 1)")
+                       help="rendering processes of the local engine; the output does not depend on it (default: 1)")
         p.add_argument("--shard-size", type=int, default=1000, help="records per shard (default: 1000)")
         _add_engine(p)
         if name == "charts":
