@@ -187,8 +187,6 @@ def test_a_killed_ray_job_leaves_out_as_it_was(ray_cluster, tmp_path):
 
 
 def test_engine_ray_without_ray_is_one_error_line(monkeypatch, tmp_path, capsys):
-    from data_pipelines import ray_engine
-
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     assert main(["synth", "charts", "--num", "2", "--out", str(tmp_path / "x"), "--engine", "ray"]) == 2
     assert 'pip install "molmini[ray]"' in capsys.readouterr().err
