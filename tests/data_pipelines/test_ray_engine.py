@@ -17,7 +17,8 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from data_pipelines.__main__ import main  # noqa: E402
-from data_pipelines.convert import ConversionStats, convert_cauldron, convert_chartqa, convert_llava  # noqa: E402
+from data_pipelines.convert import (ConversionStats, convert_captions, convert_cauldron, convert_chartqa,  # noqa: E402
+                                    convert_llava)
 from data_pipelines.shards import MANIFEST_NAME, ShardWriter  # noqa: E402
 from molmini.data.reader import find_shards, iter_records  # noqa: E402
 from tests.data_pipelines.test_convert import chartqa_parquet, llava_files  # noqa: E402,F401
@@ -96,6 +97,25 @@ def test_convert_chartqa_merges_rows_by_image_as_the_local_engine(ray_cluster, c
         local = [r.to_sample() for r in convert_chartqa(path, stats=local_stats, group_by_image=group)]
         on_ray = [r.to_sample() for r in convert_chartqa(path, stats=ray_stats, group_by_image=group, engine="ray")]
         assert on_ray == local and ray_stats.as_dict() == local_stats.as_dict()
+
+
+def test_convert_captions_keys_a_missing_images_row_as_the_local_engine(ray_cluster, tmp_path):
+    """A row whose image is missing still takes its key (its build asks for it before reading the image),
+    so the next row of that image gets '-2' in both engines."""
+    from tests.data_pipelines.test_convert import image_bytes
+
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "pics" / "cat.png").write_bytes(image_bytes("PNG"))
+    lines = [json.dumps({"image": "pics/cat.jpg", "caption": "A cat."}),  # missing: key taken, row skipped
+             json.dumps({"image": "pics/cat.png", "caption": "A cat."}), "{not json",
+             json.dumps({"image": "pics/cat.png", "caption": "The cat again."})]
+    jsonl = tmp_path / "captions.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n")
+    local_stats, ray_stats = ConversionStats(), ConversionStats()
+    local = [r.to_sample() for r in convert_captions(jsonl, stats=local_stats)]
+    on_ray = [r.to_sample() for r in convert_captions(jsonl, stats=ray_stats, engine="ray")]
+    assert [s["__key__"] for s in local] == ["captions-pics_cat-2", "captions-pics_cat-3"]
+    assert on_ray == local and ray_stats.as_dict() == local_stats.as_dict()
 
 
 def test_convert_reads_parquet_files_in_parallel_with_the_local_engines_keys(ray_cluster, tmp_path):
