@@ -26,7 +26,8 @@ def _run_synth(args: argparse.Namespace) -> int:
         options["image_px"] = FULL_VARIETY_PX
     manifest = module.synthesize(args.out, num_images=args.num_images, seed=args.seed, split=args.split,
                                  workers=args.workers, shard_size=args.shard_size, replace_own=False,
-                                 overwrite=args.overwrite, **options)
+                                 overwrite=args.overwrite, engine=args.engine, ray_address=args.ray_address,
+                                 **options)
     print(f"{args.out}: {manifest['num_samples']} samples in {len(manifest['shards'])} shards "
           f"({manifest['generator']} v{manifest['generator_version']}, params {manifest['params']})")
     return 0
@@ -40,6 +41,15 @@ def _add_out(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder for shards and manifest.json; written beside itself "
                    "and swapped in at the end, and only when the result holds at least one record")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+
+
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local (default): processes of this machine; ray: tasks on a Ray cluster (pip install "
+                        "'molmini[ray]'), the same output. On a cluster, --out must be a path every node can write")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="with --engine ray: the cluster to connect to (default: RAY_ADDRESS, else a cluster started "
+                        "on this machine for the command)")
 
 
 FULL_VARIETY_PX = 384  # charts with titles, legends and long labels need more pixels than the basic mix
@@ -65,8 +75,9 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
                        help="split name, recorded in the manifest and record keys (default: train)")
         p.add_argument("--image-px", type=int, default=None, help=f"image width in pixels (default: {px})")
         p.add_argument("--workers", type=int, default=1,
-                       help="rendering processes; the output does not depend on it (default: 1)")
+                       help="rendering processes of the local engine; the output does not depend on it (default: 1)")
         p.add_argument("--shard-size", type=int, default=1000, help="records per shard (default: 1000)")
+        _add_engine(p)
         if name == "charts":
             p.add_argument("--variety", choices=("basic", "full"), default="basic",
                            help="basic (default): the default run's bar/line/pie mix; full: every chart kind "
@@ -94,7 +105,8 @@ def _run_convert(args: argparse.Namespace) -> int:
         options["group_by_image"] = False
     manifest, stats = convert(args.format, args.input, args.out, images_dir=args.images, split=args.split,
                               shard_size=args.shard_size, overwrite=args.overwrite,
-                              max_skipped_fraction=args.max_skipped_fraction, **options)
+                              max_skipped_fraction=args.max_skipped_fraction, engine=args.engine,
+                              ray_address=args.ray_address, **options)
     skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(stats.skipped.items())) or "none"
     print(f"{args.out}: {manifest['num_samples']} records in {len(manifest['shards'])} shards from {stats.rows} "
           f"rows; skipped rows: {skipped}")
@@ -133,6 +145,7 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
                        help="fail, writing nothing, when more than this fraction of the rows is skipped (a wrong "
                             "--images folder, usually); 1 keeps whatever could be read (default: 0.5)")
         p.add_argument("--split", default="train", help="split name, recorded in the manifest (default: train)")
+        _add_engine(p)
         p.add_argument("--source", default=None,
                        help="record source (default: the format's name; for cauldron, the texts' own source)")
         p.add_argument("--task", default=None, help=f"record task (default: {task})")
@@ -161,7 +174,15 @@ def _run_curate(args: argparse.Namespace) -> int:
         max_answer_chars=args.max_answer_chars, max_ngram=args.max_ngram, max_repeats=args.max_repeats,
         near_dup_threshold=args.near_dup_threshold, evals=evals, skip=args.skip)
     unreadable = BadRecords()
-    records, report = curate(read_records(find_shards(args.input), unreadable), filters, max_examples=args.examples)
+    if args.engine == "ray":
+        from data_pipelines.ray_engine import connect
+        from data_pipelines.ray_engine.curate import curate_on_ray
+
+        connect(args.ray_address)
+        records, report = curate_on_ray(find_shards(args.input), filters, unreadable, max_examples=args.examples)
+    else:
+        records, report = curate(read_records(find_shards(args.input), unreadable), filters,
+                                 max_examples=args.examples)
     try:
         split = read_manifest(args.input).get("split", "train")
     except (FileNotFoundError, ValueError):
@@ -216,6 +237,7 @@ def _add_curate(commands: argparse._SubParsersAction) -> None:
                         "empty_or_garbled_text, answer_length, repeated_ngrams, exact_duplicates, near_duplicates")
     p.add_argument("--examples", type=int, default=10, help="example keys kept per filter in the report")
     p.add_argument("--shard-size", type=int, default=1000, help="records per output shard")
+    _add_engine(p)
     p.set_defaults(func=_run_curate)
 
 

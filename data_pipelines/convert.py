@@ -70,13 +70,21 @@ def write_shards(records: Iterable[Record], out_dir: str | os.PathLike, *, gener
 def convert(kind: str, input_path: str | os.PathLike, out_dir: str | os.PathLike, *,
             images_dir: str | os.PathLike | None = None, split: str = "train", shard_size: int = 1000,
             progress: bool = True, overwrite: bool = False, max_skipped_fraction: float | None = None,
+            engine: str = "local", ray_address: str | None = None,
             **options: Any) -> tuple[dict[str, Any], ConversionStats]:
     """Convert `input_path` with the converter named `kind` (see CONVERTERS) into shards in `out_dir`.
-    `options` go to the converter (source, task, prompt, group_by_image). Returns (manifest, stats)."""
+    `options` go to the converter (source, task, prompt, group_by_image). Returns (manifest, stats).
+    `engine` "ray": the rows' images are read and decoded in Ray tasks (on the cluster at `ray_address`,
+    RAY_ADDRESS or one started here), giving the same records and keys (ray_engine/convert.py)."""
     if kind not in CONVERTERS:
         raise ValueError(f"unknown converter {kind!r}; choose one of {sorted(CONVERTERS)}")
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if engine == "ray":
+        from data_pipelines.ray_engine import connect
+        connect(ray_address)
     stats = ConversionStats()
-    records = CONVERTERS[kind](input_path, images_dir, stats=stats, **options)
+    records = CONVERTERS[kind](input_path, images_dir, stats=stats, engine=engine, **options)
     params = {"input": str(input_path), "images": None if images_dir is None else str(images_dir), **options}
     manifest = write_shards(records, out_dir, generator=f"convert-{kind}", stats=stats, params=params,
                             split=split, shard_size=shard_size, progress=progress, overwrite=overwrite,

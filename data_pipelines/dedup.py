@@ -26,6 +26,10 @@ class HammingIndex:
         self._buckets: list[dict[int, list[tuple[int, str]]]] = [{} for _ in self._bands]
         self.size = 0
 
+    def band_values(self, value: int) -> list[int]:
+        """The value of each band of `value`, in band order (`find` searches the bands in that order)."""
+        return [(value >> shift) & mask for shift, mask in self._bands]
+
     def add(self, value: int, label: str) -> None:
         for bucket, (shift, mask) in zip(self._buckets, self._bands):
             bucket.setdefault((value >> shift) & mask, []).append((value, label))

@@ -108,14 +108,12 @@ class ShardWriter:
             # webdataset groups members by key, so a repeated key would silently merge two records.
             raise ValueError(f"duplicate record key {record.key!r} in {self.out_dir}")
         sample = record.to_sample()
-        # Each member costs a 512-byte header plus its data padded to 512 bytes.
-        record_bytes = sum(512 + -(-len(v) // 512) * 512 for k, v in sample.items() if not k.startswith("__"))
-        if (self._tar is None or self._count >= self.maxcount
-                or (self._count and self._bytes + record_bytes > self.maxsize)):
+        size = sample_bytes(sample)
+        if self._tar is None or self._count >= self.maxcount or (self._count and self._bytes + size > self.maxsize):
             self._start_shard()
         self._tar.write(sample)
         self._count += 1
-        self._bytes += record_bytes
+        self._bytes += size
         self._keys.add(record.key)
         self._by_task[record.task] += 1
         self._by_source[record.source] += 1
@@ -128,14 +126,8 @@ class ShardWriter:
         header = dict(self.header)
         if self.late_params is not None:
             header["params"] = {**header["params"], **self.late_params()}
-        manifest = {**header, "num_samples": len(self._keys),
-                    "counts_by_task": dict(sorted(self._by_task.items())),
-                    "counts_by_source": dict(sorted(self._by_source.items())),
-                    "shards": self._shards,
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        _write_json_atomic(self.out_dir / MANIFEST_NAME, manifest)
-        self.manifest = manifest
-        return manifest
+        self.manifest = write_manifest(self.out_dir, header, self._shards, self._by_task, self._by_source)
+        return self.manifest
 
     def abort(self) -> None:
         """Close the open shard without writing a manifest (the folder stays marked incomplete)."""
@@ -168,6 +160,50 @@ class ShardWriter:
         entry = self._shards[-1]
         entry["num_samples"] = self._count
         entry["sha256"] = file_sha256(self.out_dir / entry["name"])
+
+
+def sample_bytes(sample: dict[str, Any]) -> int:
+    """What a sample adds to a tar: each member a 512-byte header plus its data padded to 512 bytes."""
+    return sum(512 + -(-len(v) // 512) * 512 for k, v in sample.items() if not k.startswith("__"))
+
+
+def write_shard(path: str | os.PathLike, records: list[Record], maxsize: float = 1e9) -> dict[str, Any]:
+    """Write `records` as one shard at `path`, byte for byte as a ShardWriter writes that shard; returns its
+    manifest entry with the records' counts by task and source (what a parallel engine's task sends back
+    for the manifest). A shard that would pass `maxsize` bytes is an error here: a ShardWriter would split
+    it, and the shards after it would then start at other records."""
+    path = Path(path)
+    by_task: Counter[str] = Counter()
+    by_source: Counter[str] = Counter()
+    size = 0
+    with open(path, "wb") as f:
+        tar = TarMembers(f)
+        for record in records:
+            sample = record.to_sample()
+            size += sample_bytes(sample)
+            if size > maxsize and by_task:
+                raise ValueError(f"shard {path.name} would pass {maxsize:.0f} bytes with {len(records)} records; "
+                                 "pass a smaller --shard-size")
+            tar.write(sample)
+            by_task[record.task] += 1
+            by_source[record.source] += 1
+        tar.close()
+    return {"name": path.name, "num_samples": len(records), "sha256": file_sha256(path),
+            "counts_by_task": dict(by_task), "counts_by_source": dict(by_source)}
+
+
+def write_manifest(out_dir: str | os.PathLike, header: dict[str, Any], shards: list[dict[str, Any]],
+                   by_task: dict[str, int], by_source: dict[str, int]) -> dict[str, Any]:
+    """Write a shard folder's manifest (atomically; last, after every shard) and return it. `header`:
+    generator, generator_version, seed, split and params; `shards`: name, num_samples and sha256 of each.
+    The one place its layout is written, for the ShardWriter and for the engines that write shards in
+    parallel, so both give the same file (but for `created`, the time it was written)."""
+    manifest = {**header, "num_samples": sum(s["num_samples"] for s in shards),
+                "counts_by_task": dict(sorted(by_task.items())), "counts_by_source": dict(sorted(by_source.items())),
+                "shards": [{k: s[k] for k in ("name", "num_samples", "sha256")} for s in shards],
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    _write_json_atomic(Path(out_dir) / MANIFEST_NAME, manifest)
+    return manifest
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:

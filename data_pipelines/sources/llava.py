@@ -42,13 +42,13 @@ def llava_images(entry: Any) -> tuple[str, ...]:
 
 def convert_llava(json_path: str | os.PathLike, images_dir: str | os.PathLike | None = None, *,
                   source: str = "llava", task: str = "instruct", group_by_image: bool = True,
-                  stats: ConversionStats | None = None) -> Iterator[Record]:
+                  stats: ConversionStats | None = None, engine: str = "local") -> Iterator[Record]:
     """Records from a LLaVA-format JSON list of {"id", "image", "conversations"}; images are read from
     `images_dir` (default: the JSON's folder). "image" is a path, a list of paths (one record holding every
     image) or absent (a text-only record). Entries about the same image(s) become one record unless
     `group_by_image` is False; text-only entries are never merged."""
     images_dir = Path(json_path).parent if images_dir is None else images_dir
-    return guarded_records(_llava_rows(json_path, images_dir, source, task, group_by_image), stats)
+    return guarded_records(_llava_rows(json_path, images_dir, source, task, group_by_image), stats, engine)
 
 
 def _llava_rows(json_path: str | os.PathLike, images_dir: str | os.PathLike, source: str, task: str,
@@ -72,7 +72,6 @@ def _llava_rows(json_path: str | os.PathLike, images_dir: str | os.PathLike, sou
             yield f"llava entry {index} (id {entry_id!r})", rejected(e), 1
             continue
         groups.setdefault(group, []).append((str(entry_id), messages))
-    keys = KeyMaker()
     for (images, _), members in groups.items():
         ids = [entry_id for entry_id, _ in members]
         messages = [m for _, turns in members for m in turns]
@@ -80,7 +79,7 @@ def _llava_rows(json_path: str | os.PathLike, images_dir: str | os.PathLike, sou
         if images:
             meta.update({"image": images[0]} if len(images) == 1 else {"images": list(images)})
 
-        def build() -> Record:
+        def build(keys: KeyMaker) -> Record:
             return make_record(keys(source, ids[0]), [read_image_file(image, images_dir) for image in images],
                                messages, source=source, task=task, meta=meta)
 
@@ -90,22 +89,21 @@ def _llava_rows(json_path: str | os.PathLike, images_dir: str | os.PathLike, sou
 
 def convert_captions(jsonl_path: str | os.PathLike, images_dir: str | os.PathLike | None = None, *,
                      prompt: str = DEFAULT_CAPTION_PROMPT, source: str = "captions", task: str = "caption",
-                     stats: ConversionStats | None = None) -> Iterator[Record]:
+                     stats: ConversionStats | None = None, engine: str = "local") -> Iterator[Record]:
     """One-turn caption records from a JSONL of {"image": relative path, "caption": str} lines; the user
     turn is `prompt`. Images are read from `images_dir` (default: the JSONL's folder)."""
     images_dir = Path(jsonl_path).parent if images_dir is None else images_dir
-    return guarded_records(_caption_rows(jsonl_path, images_dir, prompt, source, task), stats)
+    return guarded_records(_caption_rows(jsonl_path, images_dir, prompt, source, task), stats, engine)
 
 
 def _caption_rows(jsonl_path: str | os.PathLike, images_dir: str | os.PathLike, prompt: str, source: str,
                   task: str) -> Iterator[SourceRow]:
-    keys = KeyMaker()
     with open(jsonl_path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
 
-            def build() -> Record:
+            def build(keys: KeyMaker) -> Record:
                 try:
                     item = json.loads(line)
                 except json.JSONDecodeError as e:

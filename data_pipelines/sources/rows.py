@@ -17,9 +17,11 @@ from molmini.data.records import IMAGE_MARKER, Record, RecordError, strip_image_
 
 PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}  # modes PIL can write as PNG
 
-# One unit of a source: a name for the log, how to build its record, and how many source rows it stands for
-# (one, or a group of rows about the same image).
-SourceRow = tuple[str, Callable[[], Record], int]
+# One unit of a source: a name for the log, how to build its record from the conversion's KeyMaker, and how
+# many source rows it stands for (one, or a group of rows about the same image). The KeyMaker is passed in,
+# not held by the source, so that an engine building units elsewhere (ray_engine/convert.py) can hand its
+# builds a recorder and give out the keys in row order itself.
+SourceRow = tuple[str, Callable[["KeyMaker"], Record], int]
 
 
 class BadRow(ValueError):
@@ -29,28 +31,48 @@ class BadRow(ValueError):
         super().__init__(detail)
         self.reason = reason
 
+    def __reduce__(self):  # pickles with its reason (a parallel engine's task sends it back)
+        return BadRow, (self.reason, str(self))
 
-def guarded_records(rows: Iterable[SourceRow], stats: ConversionStats | None = None) -> Iterator[Record]:
-    """The records of `rows`: each unit's source rows are counted in `stats`, then `build()` makes their
+
+def guarded_records(rows: Iterable[SourceRow], stats: ConversionStats | None = None, engine: str = "local",
+                    parts: list[Callable[[], Iterable[SourceRow]]] | None = None) -> Iterator[Record]:
+    """The records of `rows`: each unit's source rows are counted in `stats`, then `build(keys)` makes their
     record, or raises BadRow and they are counted as skipped under its reason and logged by name. Records
-    are counted too, with the text-only and multi-image ones."""
+    are counted too, with the text-only and multi-image ones. `engine` "ray" builds the units in Ray tasks
+    (ray_engine/convert.py: the same records, keys and counts); `parts`, when a source can say so, are
+    `rows` cut into pieces that each give their own rows (a table's files), which Ray tasks then also
+    read, one piece each."""
     stats = stats if stats is not None else ConversionStats()
+    if engine == "ray":
+        from data_pipelines.ray_engine.convert import built_on_ray
+        yield from built_on_ray(rows, stats, parts=parts)
+        return
+    keys = KeyMaker()
     for name, build, count in rows:
-        stats.rows += count
         try:
-            record = build()
+            record = build(keys)
         except BadRow as e:
-            stats.skip(name, e, count)
-            continue
-        stats.records += 1
-        stats.text_only += record.num_images == 0
-        stats.multi_image += record.num_images > 1
-        yield record
+            record = e
+        if (record := counted(stats, name, count, record)) is not None:
+            yield record
 
 
-def rejected(error: BadRow) -> Callable[[], Record]:
+def counted(stats: ConversionStats, name: str, count: int, built: Record | BadRow) -> Record | None:
+    """Count a unit's `count` source rows in `stats`, and its record or why it has none; the record or None."""
+    stats.rows += count
+    if isinstance(built, BadRow):
+        stats.skip(name, built, count)
+        return None
+    stats.records += 1
+    stats.text_only += built.num_images == 0
+    stats.multi_image += built.num_images > 1
+    return built
+
+
+def rejected(error: BadRow) -> Callable[["KeyMaker"], Record]:
     """The build of a row found unusable before its record is built (while grouping rows by image)."""
-    def build() -> Record:
+    def build(keys: KeyMaker) -> Record:
         raise error
     return build
 
@@ -62,13 +84,21 @@ class KeyMaker:
         self._seen: set[str] = set()
 
     def __call__(self, *parts: Any) -> str:
-        base = re.sub(r"[^A-Za-z0-9_-]", "_", "-".join(str(p) for p in parts)) or "record"
+        return self.claim(key_base(*parts))
+
+    def claim(self, base: str) -> str:
+        """`base`, or the first of `base`-2, `base`-3 ... not given out yet."""
         key, n = base, 1
         while key in self._seen:
             n += 1
             key = f"{base}-{n}"
         self._seen.add(key)
         return key
+
+
+def key_base(*parts: Any) -> str:
+    """A key from its parts, before a KeyMaker makes it unique."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", "-".join(str(p) for p in parts)) or "record"
 
 
 # ---- images -----------------------------------------------------------------------------------------------

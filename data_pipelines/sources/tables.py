@@ -2,9 +2,10 @@
 ChartQA (either of its layouts, molmini/data/layouts.py)."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from data_pipelines.report import ConversionStats
 from molmini.data.layouts import CHARTQA_LAYOUTS, Layout, QARow, detect_layout
@@ -23,6 +24,14 @@ def table_files(path: str | os.PathLike) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"{path} is not a .parquet/.arrow file or a folder holding some")
     return files
+
+
+def per_file(engine: str, rows_of: Callable[..., Iterator[SourceRow]], path: str | os.PathLike,
+             args: tuple) -> list[Callable[[], Iterator[SourceRow]]] | None:
+    """For the Ray engine, a source's rows cut into one piece per table file (`rows_of(file, *args)`),
+    for sources whose rows of one file need none of another's: what those files give one by one is what
+    the folder gives (keys start from the file's stem and its own row numbers)."""
+    return [functools.partial(rows_of, file, *args) for file in table_files(path)] if engine == "ray" else None
 
 
 def iter_table_rows(path: str | os.PathLike, columns: list[str],
@@ -79,20 +88,20 @@ def _arrow_batches(file: Path) -> tuple[list[str], Iterator[Any]]:
 
 def convert_cauldron(path: str | os.PathLike, images_dir: str | os.PathLike | None = None, *,
                      source: str | None = None, task: str = "vqa",
-                     stats: ConversionStats | None = None) -> Iterator[Record]:
+                     stats: ConversionStats | None = None, engine: str = "local") -> Iterator[Record]:
     """Records from parquet/arrow in HuggingFaceM4/the_cauldron's schema (`images`: list of {bytes, path},
     `texts`: list of {user, assistant, source}), one per row with every text as a turn and every image of
     the row (several in some subsets). `source` defaults to "the_cauldron/" + the texts' own source. Rows
     without an image are skipped."""
-    return guarded_records(_cauldron_rows(path, images_dir, source, task), stats)
+    args = (images_dir, source, task)
+    return guarded_records(_cauldron_rows(path, *args), stats, engine, per_file(engine, _cauldron_rows, path, args))
 
 
 def _cauldron_rows(path: str | os.PathLike, images_dir: str | os.PathLike | None, source: str | None,
                    task: str) -> Iterator[SourceRow]:
-    keys = KeyMaker()
     for stem, index, values in iter_table_rows(path, ["images", "texts"]):
 
-        def build() -> Record:
+        def build(keys: KeyMaker) -> Record:
             images, texts = values["images"] or [], values["texts"] or []
             if not images:
                 raise BadRow("no_image", "the row has no image")
@@ -122,19 +131,20 @@ def pixmo_docs_pairs(questions: Any) -> list[tuple[Any, Any]]:
 
 def convert_pixmo_docs(path: str | os.PathLike, images_dir: str | os.PathLike | None = None, *,
                        source: str = "pixmo-docs", task: str = "doc_qa",
-                       stats: ConversionStats | None = None) -> Iterator[Record]:
+                       stats: ConversionStats | None = None, engine: str = "local") -> Iterator[Record]:
     """Records from allenai/pixmo-docs parquet (`image`, `image_id`, `questions`), one per image with all
     its questions as turns; keyed by `image_id`."""
-    return guarded_records(_pixmo_docs_rows(path, images_dir, source, task), stats)
+    args = (images_dir, source, task)
+    return guarded_records(_pixmo_docs_rows(path, *args), stats, engine,
+                           per_file(engine, _pixmo_docs_rows, path, args))
 
 
 def _pixmo_docs_rows(path: str | os.PathLike, images_dir: str | os.PathLike | None, source: str,
                      task: str) -> Iterator[SourceRow]:
-    keys = KeyMaker()
     for stem, index, values in iter_table_rows(path, ["image", "image_id", "questions"]):
         image_id = values["image_id"] or f"{stem}-{index:07d}"
 
-        def build() -> Record:
+        def build(keys: KeyMaker) -> Record:
             messages = row_messages(pixmo_docs_pairs(values["questions"]))
             return make_record(keys(source, image_id), struct_image(values["image"], images_dir), messages,
                                source=source, task=task, meta={"image_id": image_id})
@@ -146,7 +156,7 @@ def _pixmo_docs_rows(path: str | os.PathLike, images_dir: str | os.PathLike | No
 
 def convert_chartqa(path: str | os.PathLike, images_dir: str | os.PathLike | None = None, *,
                     source: str = "chartqa", task: str = "chart_qa", group_by_image: bool = True,
-                    stats: ConversionStats | None = None) -> Iterator[Record]:
+                    stats: ConversionStats | None = None, engine: str = "local") -> Iterator[Record]:
     """Records from ChartQA parquet in either of its layouts (molmini/data/layouts.py): HuggingFaceM4/ChartQA
     (`image`, `query`, `label`: list of answers, `human_or_machine`) or lmms-lab/ChartQA (`image`, `question`,
     `answer`, `type`). The first answer is the answer; meta keeps all of them and each question's subset
@@ -154,7 +164,10 @@ def convert_chartqa(path: str | os.PathLike, images_dir: str | os.PathLike | Non
     False (then one per row).
 
     Grouping reads the table twice: once for the questions and image hashes, once for the images."""
-    return guarded_records(_chartqa_rows(path, images_dir, source, task, group_by_image), stats)
+    args = (images_dir, source, task, group_by_image)
+    # Grouping by image spans the files: only rows kept apart can be read file by file.
+    parts = None if group_by_image else per_file(engine, _chartqa_rows, path, args)
+    return guarded_records(_chartqa_rows(path, *args), stats, engine, parts)
 
 
 def _chartqa_rows(path: str | os.PathLike, images_dir: str | os.PathLike | None, source: str, task: str,
@@ -172,14 +185,13 @@ def _chartqa_rows(path: str | os.PathLike, images_dir: str | os.PathLike | None,
         group["labels"].append(qa.answers)
         group["subsets"].append(qa.subset)
     firsts = {g["rows"][0]: g for g in groups.values()}
-    keys = KeyMaker()
     for stem, index, values in iter_table_rows(path, ["image"]):
         group = firsts.get(f"{stem}/{index}")
         if group is None:
             continue  # a skipped row, or a later row of a group already written
         meta = {"rows": group["rows"], "labels": group["labels"], "subsets": group["subsets"]}
 
-        def build() -> Record:
+        def build(keys: KeyMaker) -> Record:
             return make_record(keys(source, stem, f"{index:07d}"), struct_image(values["image"], images_dir),
                                row_messages(group["qas"]), source=source, task=task, meta=meta)
 

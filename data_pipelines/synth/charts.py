@@ -87,7 +87,8 @@ def record_for_index(seed: int, split: str, index: int, image_px: int, variety: 
 def synthesize(out_dir: str | os.PathLike, num_images: int, seed: int, split: str = "train", image_px: int = 128,
                workers: int = 1, shard_size: int = 1000, progress: bool = True,
                variety: str = "basic", renderer: str = "axes", replace_own: bool = True,
-               overwrite: bool = False) -> dict[str, Any]:
+               overwrite: bool = False, engine: str = "local",
+               ray_address: str | None = None) -> dict[str, Any]:
     """Write `num_images` chart records as shards in `out_dir`; returns the manifest.
 
     `variety` "basic" is the bar/line/pie mix of the default run (7 question types, learnable at 128 px);
@@ -101,4 +102,5 @@ def synthesize(out_dir: str | os.PathLike, num_images: int, seed: int, split: st
     params = _params(variety, renderer)
     return common.synthesize_with(__name__, out_dir, num_images, seed, split=split, image_px=image_px,
                                   workers=workers, shard_size=shard_size, progress=progress, params=params,
-                                  replace_own=replace_own, overwrite=overwrite)
+                                  replace_own=replace_own, overwrite=overwrite,
+                                  engine=engine, ray_address=ray_address)

@@ -104,7 +104,7 @@ def _own_set(out_dir: Path, generator: str) -> bool:
 def synthesize_with(module: str, out_dir: str | os.PathLike, num_images: int, seed: int, split: str = "train",
                     image_px: int = 128, workers: int = 1, shard_size: int = 1000, progress: bool = True,
                     params: dict[str, Any] | None = None, replace_own: bool = True,
-                    overwrite: bool = False) -> dict[str, Any]:
+                    overwrite: bool = False, engine: str = "local", ray_address: str | None = None) -> dict[str, Any]:
     """Write `num_images` records of generator `module` as shards in `out_dir`; returns the manifest.
 
     The output depends only on (seed, split, num_images, image_px, params), not on `workers`. A folder
@@ -114,6 +114,8 @@ def synthesize_with(module: str, out_dir: str | os.PathLike, num_images: int, se
     synthesis never deletes data it did not make. With `overwrite` (the command line's --overwrite) a shard
     set another command wrote is moved aside instead (data_pipelines.shards.atomic_output_dir). The shards
     are written beside the folder and moved in once complete. `params` (the generator's options) are recorded in the manifest.
+    `engine` "ray" renders one shard per Ray task (on the cluster at `ray_address`, or RAY_ADDRESS, or one
+    started here; data_pipelines/ray_engine/synth.py), into the same bytes.
     """
     if num_images < 0 or image_px < 32 or workers < 1 or shard_size < 1:
         raise ValueError(f"need num_images >= 0, image_px >= 32, workers >= 1 and shard_size >= 1; got "
@@ -143,6 +145,24 @@ def synthesize_with(module: str, out_dir: str | os.PathLike, num_images: int, se
                 "another --out, or pass --overwrite to move its shard set aside (nothing is deleted)")
         say(f"{out_dir} holds a {gen.GENERATOR_NAME} set with other settings; replacing it", progress)
     started = time.perf_counter()
+    if engine == "ray":
+        from data_pipelines.ray_engine import connect
+        from data_pipelines.ray_engine.synth import synth_shards
+
+        connect(ray_address)
+        started = time.perf_counter()  # the cluster's start-up is not rendering time
+        header = {"generator": gen.GENERATOR_NAME, "generator_version": gen.GENERATOR_VERSION, "seed": seed,
+                  "split": split, "params": manifest_params}
+        with atomic_output_dir(out_dir, identity, overwrite=overwrite,
+                               empty_reason=lambda: f"--num is {num_images}") as tmp:
+            manifest = synth_shards(tmp, module, header=header, num_images=num_images, image_px=image_px,
+                                    shard_size=shard_size, params=params, progress=progress)
+        seconds = time.perf_counter() - started
+        say(f"wrote {num_images} {what} images to {out_dir} on Ray in {seconds:.1f} s "
+            f"({num_images / max(seconds, 1e-9):.0f} images/s)", progress)
+        return manifest
+    if engine != "local":
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
     with atomic_output_dir(out_dir, identity, overwrite=overwrite,
                            empty_reason=lambda: f"--num is {num_images}") as tmp, \
             ShardWriter(tmp, generator=gen.GENERATOR_NAME, generator_version=gen.GENERATOR_VERSION, seed=seed,

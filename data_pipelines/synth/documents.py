@@ -345,10 +345,12 @@ def make_record(rng: random.Random, key: str, image_px: int = 512, noise: bool =
 def synthesize(out_dir, num_images: int, seed: int, split: str = "train", image_px: int = 512, workers: int = 1,
                shard_size: int = 1000, progress: bool = True, noise: bool = True,
                replace_own: bool = True,
-               overwrite: bool = False) -> dict[str, Any]:
+               overwrite: bool = False, engine: str = "local",
+               ray_address: str | None = None) -> dict[str, Any]:
     """Write `num_images` document records as shards (see synth/common.py for determinism and reuse)."""
     from data_pipelines.synth.common import synthesize_with
     return synthesize_with(__name__, out_dir, num_images, seed, split=split, image_px=image_px, workers=workers,
                            shard_size=shard_size, progress=progress, params={"noise": noise},
-                           replace_own=replace_own, overwrite=overwrite)
+                           replace_own=replace_own, overwrite=overwrite,
+                           engine=engine, ray_address=ray_address)
 

@@ -96,7 +96,8 @@ def make_record(rng: random.Random, key: str, image_px: int = 128, max_items: in
 def synthesize(out_dir, num_images: int, seed: int, split: str = "train", image_px: int = 128, workers: int = 1,
                shard_size: int = 1000, progress: bool = True, max_items: int = 3, min_font_px: int = 8,
                max_font_px: int = 24, replace_own: bool = True,
-               overwrite: bool = False) -> dict[str, Any]:
+               overwrite: bool = False, engine: str = "local",
+               ray_address: str | None = None) -> dict[str, Any]:
     """Write `num_images` reading-drill records as shards (see synth/common.py for determinism and reuse)."""
     if max_items < 1 or not 4 <= min_font_px <= max_font_px:
         raise ValueError(f"need max_items >= 1 and 4 <= min_font_px <= max_font_px; got {max_items}, "
@@ -104,4 +105,5 @@ def synthesize(out_dir, num_images: int, seed: int, split: str = "train", image_
     from data_pipelines.synth.common import synthesize_with
     return synthesize_with(__name__, out_dir, num_images, seed, split=split, image_px=image_px, workers=workers,
                            shard_size=shard_size, progress=progress, replace_own=replace_own, overwrite=overwrite,
+                           engine=engine, ray_address=ray_address,
                            params={"max_items": max_items, "min_font_px": min_font_px, "max_font_px": max_font_px})

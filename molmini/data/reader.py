@@ -219,38 +219,50 @@ class ShardReader:
         self._first: dict[str, str] = {}  # record key -> where it was first read
 
     def entries(self, url: str) -> Iterator[Record | Skip]:
+        for _, entry in self.located(url):
+            yield entry
+
+    def located(self, url: str) -> Iterator[tuple[str, Record | Skip]]:
+        """`entries`, each with where it was read (``SHARD#N``): what an engine that reads shards in
+        parallel needs to apply the unique-key rule across them afterwards (`first_read`)."""
         name = Path(url).name
         groups = failed = 0
         for n, item in enumerate(_member_groups(url)):
             where = f"{url}#{n}"
             if isinstance(item, RecordError):
                 failed += 1
-                yield Skip(where, item.reason, str(item))
+                yield where, Skip(where, item.reason, str(item))
                 continue
             key, members, repeats = item
             groups += repeats
             if repeats > 1:
-                yield Skip(where, "duplicate_member", f"{name}: member group {key!r} holds {repeats} copies of a "
-                           "member (records written in a row under one key); regenerate the shard with unique "
-                           "keys", count=repeats)
+                yield where, Skip(where, "duplicate_member", f"{name}: member group {key!r} holds {repeats} copies "
+                                  "of a member (records written in a row under one key); regenerate the shard with "
+                                  "unique keys", count=repeats)
                 continue
             try:
                 record = Record.from_sample({"__key__": key, **members})
             except RecordError as e:
-                yield Skip(where, e.reason, f"{name}: {e}")
+                yield where, Skip(where, e.reason, f"{name}: {e}")
                 continue
-            first = self._first.setdefault(key, where)
-            if first != where:
-                yield Skip(where, "duplicate_key", f"{name}: record key {key!r} was already read from "
-                           f"{Path(first.rpartition('#')[0]).name}; keys must be unique in a shard set, so this "
-                           "one is skipped (write the shards with unique keys)")
-                continue
-            yield record
+            skip = self.first_read(key, where)
+            yield where, (record if skip is None else skip)
         # A tar cut exactly at a member boundary reads without error, only shorter: its manifest says so.
         missing = self.expected.get(url, 0) - groups - failed
         if missing > 0:
-            yield Skip(f"{url}#missing", "truncated_shard", f"{name}: read {groups} of the {self.expected[url]} "
-                       "samples its manifest lists; the shard is truncated (regenerate it)", count=missing)
+            yield f"{url}#missing", Skip(f"{url}#missing", "truncated_shard", f"{name}: read {groups} of the "
+                                         f"{self.expected[url]} samples its manifest lists; the shard is truncated "
+                                         "(regenerate it)", count=missing)
+
+    def first_read(self, key: str, where: str) -> Skip | None:
+        """None when `key` is read for the first time here (or is read again where it was first read);
+        otherwise the duplicate_key Skip of the record read at `where`."""
+        first = self._first.setdefault(key, where)
+        if first == where:
+            return None
+        return Skip(where, "duplicate_key", f"{Path(where.rpartition('#')[0]).name}: record key {key!r} was already "
+                    f"read from {Path(first.rpartition('#')[0]).name}; keys must be unique in a shard set, so this "
+                    "one is skipped (write the shards with unique keys)")
 
 
 def read_records(shards: list[str], bad: BadRecords | None = None) -> Iterator[Record]:
