@@ -108,6 +108,9 @@ def add_run_command(commands) -> None:
                    "(e.g. chartqa,synthetic=data/charts/test)")
     p.add_argument("--baselines", default="", help="comma-separated: majority, majority:TRAIN_SHARD_DIR, "
                    "text-only:MOLMINI_PATH, llava:PATH_OR_ID, hf:PATH_OR_ID")
+    p.add_argument("--no-majority", action="store_true", help="leave out the majority-answer baseline, which "
+                   "is otherwise scored beside every benchmark (from the benchmark's own golds, unless --baselines "
+                   "names majority:TRAIN_SHARD_DIR)")
     p.add_argument("--out", required=True, help="results folder (rerunning into it resumes)")
     p.add_argument("--limit", type=int, default=0, help="the first N items of each benchmark only")
     p.add_argument("--prompt-template", default="", help="ask every benchmark with this template instead of "
@@ -125,7 +128,12 @@ def run_command(args) -> int:
 
     from .models import build_adapter
     from .runner import parse_benchmarks, run
-    specs = args.model + [s for s in args.baselines.split(",") if s.strip()]
+    baselines = [s.strip() for s in args.baselines.split(",") if s.strip()]
+    # The majority answer beside every benchmark, as the training run's report has it: a score means little
+    # without the one a constant answer gets.
+    if args.model and not args.no_majority and not any(b.split(":", 1)[0] == "majority" for b in baselines):
+        baselines.append("majority")
+    specs = args.model + baselines
     if not specs:
         print("error: nothing to run; give --model and/or --baselines", file=sys.stderr)
         return 2

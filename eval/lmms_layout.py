@@ -16,6 +16,7 @@ answered again.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,9 @@ LMMS_TASKS = {
 
 
 def sanitized_model_name(name: str) -> str:
-    return name.replace("/", "__")
+    """A folder name for a model: lmms-eval's "/" -> "__", and every other character that is not a letter,
+    digit, '.', '_' or '-' (spaces, brackets: "majority (benchmark golds)") as "_"."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("/", "__")).strip("_") or "model"
 
 
 def lmms_task(benchmark: str, metric: str) -> tuple[str, str, dict[str, str]]:

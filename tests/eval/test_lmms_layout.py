@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from eval.lmms_layout import sanitized_model_name
+
 import torch
 
 from tests.eval.test_benchmarks import CHARTQA, image_cell, png, write_parquet
@@ -25,7 +27,7 @@ def test_chartqa_results_in_lmms_eval_layout_equal_the_runs_scores(tmp_path, tok
                  "--lmms-eval-layout"]) == 0
     entries = json.loads((out / "results.json").read_text())["results"]
     for entry in entries:
-        folder = out / "lmms_eval" / entry["model"]["name"].replace("/", "__")
+        folder = out / "lmms_eval" / sanitized_model_name(entry["model"]["name"])
         (results_file,) = folder.glob("*_results.json")
         written = json.loads(results_file.read_text())
         # each task's higher_is_better names the metric its results row holds (the synthetic one too)

@@ -4,6 +4,7 @@ runs, the cache's keys, the report's table and plots."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -85,7 +86,8 @@ def test_one_command_puts_molmini_and_hf_baselines_in_one_table_and_plot(workspa
     qwen, idefics = save_tiny_vlm("qwen2_vl", root / "tiny_qwen2_vl"), save_tiny_vlm("idefics3", root / "tiny_idefics3")
     out, report = root / "hf_results", root / "hf_report"
     assert main(["run", "--model", str(workspace["molmini"]), "--benchmarks", f"synthetic={workspace['shards']}",
-                 "--baselines", f"hf:{qwen},hf:{idefics}", "--out", str(out), "--limit", "6", "--batch-size", "3"]) == 0
+                 "--baselines", f"hf:{qwen},hf:{idefics}", "--out", str(out), "--limit", "6", "--batch-size", "3",
+                 "--no-majority"]) == 0
     assert main(["report", str(out), "--out", str(report), "--no-published"]) == 0
     table = (report / "report.md").read_text()
     for row in ("| molmini_run | molmini |", "| tiny_qwen2_vl | baseline |", "| tiny_idefics3 | baseline |"):
@@ -98,11 +100,29 @@ def test_one_command_puts_molmini_and_hf_baselines_in_one_table_and_plot(workspa
         image.verify()
 
 
+def test_the_majority_baseline_is_scored_beside_every_benchmark_by_default(workspace):
+    from eval.lmms_layout import sanitized_model_name
+    out = workspace["root"] / "default_baseline"
+    args = ["run", "--model", str(workspace["molmini"]), "--benchmarks", f"synthetic={workspace['shards']}",
+            "--limit", "4", "--batch-size", "2", "--lmms-eval-layout"]
+    assert main(args + ["--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert [r["model"]["kind"] for r in results] == ["molmini", "baseline"]
+    assert results[1]["model"]["name"] == "majority (benchmark golds)" and results[1]["n"] == results[0]["n"]
+    # every folder it writes has a file-system-safe name (no spaces or brackets)
+    folders = [p.name for p in (out / "lmms_eval").iterdir()]
+    assert sanitized_model_name("majority (benchmark golds)") in folders
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", name) for name in folders), folders
+    assert main(args + ["--out", str(workspace["root"] / "no_baseline"), "--no-majority"]) == 0
+    results = json.loads((workspace["root"] / "no_baseline" / "results.json").read_text())["results"]
+    assert [r["model"]["kind"] for r in results] == ["molmini"]
+
+
 def test_resume_answers_only_items_not_yet_cached(workspace, monkeypatch):
     out = workspace["root"] / "resume"
     seen = count_generated_prompts(monkeypatch)
     args = ["run", "--model", str(workspace["molmini"]), "--benchmarks", f"synthetic={workspace['shards']}",
-            "--out", str(out), "--batch-size", "2"]
+            "--out", str(out), "--batch-size", "2", "--no-majority"]
     assert main(args + ["--limit", "3"]) == 0
     first = list(seen)
     assert len(first) == 3
@@ -118,7 +138,8 @@ def test_cache_is_keyed_by_model(workspace, monkeypatch):
     out = workspace["root"] / "two_models"
     seen = count_generated_prompts(monkeypatch)
     for model in (workspace["molmini"], workspace["other"]):
-        assert main(["run", "--model", str(model), "--benchmarks", f"synthetic={workspace['shards']}",
+        assert main(["run", "--no-majority", "--model", str(model), "--benchmarks",
+                     f"synthetic={workspace['shards']}",
                      "--out", str(out), "--limit", "4"]) == 0
     assert len(seen) == 8                              # the second model did not reuse the first's answers
     results = json.loads((out / "results.json").read_text())["results"]
@@ -155,7 +176,8 @@ def test_a_cached_answer_is_reused_only_for_the_same_item_model_and_settings(wor
     bench, model = tmp_path / "bench", tmp_path / "model"
     shutil.copytree(workspace["molmini"], model)
     write_benchmark(bench, [1] * 6)                    # 6 records, 2 questions each
-    args = ["run", "--model", str(model), "--benchmarks", f"synthetic={bench}", "--out", str(tmp_path / "out")]
+    args = ["run", "--model", str(model), "--benchmarks", f"synthetic={bench}", "--out", str(tmp_path / "out"),
+            "--no-majority"]
     assert main(args) == 0 and len(seen) == 12
     write_benchmark(bench, [2, 3, 4, 2, 1, 1])         # the first 4 records replaced, under the same keys
     with caplog.at_level("WARNING", logger="eval.runner"):
@@ -188,7 +210,7 @@ def test_a_prompt_template_override_asks_every_item_with_it_and_is_recorded(work
     out = workspace["root"] / "override"
     seen = count_generated_prompts(monkeypatch)
     args = ["run", "--model", str(workspace["molmini"]), "--benchmarks", f"synthetic={workspace['shards']}",
-            "--out", str(out), "--limit", "2"]
+            "--out", str(out), "--limit", "2", "--no-majority"]
     assert main(args) == 0 and main(args + ["--prompt-template", "lmms_eval_chartqa"]) == 0
     asked_plain, asked_override = seen[:2], seen[2:]
     assert len(asked_override) == 2  # another template is another cache entry: both asked again
