@@ -7,6 +7,7 @@ manifest is what an interrupted run leaves behind.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import hashlib
 import io
 import json
@@ -32,6 +33,16 @@ SHARD_GLOB = "shard-*.tar"
 TAR_MTIME = 0.0
 log = logging.getLogger(__name__)
 CREATE_HINT = "run `python -m data_pipelines synth charts --out {folder}` to create shards there"
+
+
+def engine_plugin(registry: dict[str, Callable], engine: str, modules: dict[str, str]) -> Callable:
+    """`registry[engine]`, importing the engine's plugin module `modules[engine]` (which fills the registry
+    when imported) the first time: how a lower module reaches an engine above it without importing it."""
+    if engine not in registry:
+        if engine not in modules:
+            raise ValueError(f"engine must be 'local' or one of {sorted(modules)}, got {engine!r}")
+        importlib.import_module(modules[engine])
+    return registry[engine]
 
 
 class ManifestError(ValueError):

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from data_pipelines.ray_engine import cluster_cpus, ordered
 from data_pipelines.report import ConversionStats
-from data_pipelines.sources.rows import BadRow, KeyMaker, SourceRow, counted, key_base
+from data_pipelines.sources.rows import UNIT_BUILDERS, BadRow, KeyMaker, SourceRow, counted, key_base
 from molmini.data.records import Record
 
 UNITS_PER_TASK = 64  # enough work per task (tens of ms of image decoding) to dwarf Ray's per-task cost
@@ -112,3 +112,6 @@ def _in_row_order(units: Iterable[tuple[tuple[str, int], list[str], Record | Bad
             built = dataclasses.replace(built, key=key)
         if (record := counted(stats, name, count, built)) is not None:
             yield record
+
+
+UNIT_BUILDERS["ray"] = built_on_ray  # data_pipelines/sources/rows.py's plugin registry

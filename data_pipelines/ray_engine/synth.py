@@ -15,13 +15,12 @@ from tqdm import tqdm
 
 from data_pipelines.ray_engine import cluster_cpus, ordered
 from data_pipelines.shards import SHARD_PATTERN, write_manifest, write_shard
+from data_pipelines.synth.common import SHARD_ENGINES, record_for_index
 
 
 def _render_shard(module: str, seed: int, split: str, image_px: int, params: dict[str, Any], start: int, stop: int,
                   path: str) -> dict[str, Any]:
     """The task: records [start, stop) of a generator, written as the shard at `path`."""
-    from data_pipelines.synth.common import record_for_index
-
     return write_shard(path, [record_for_index(module, seed, split, i, image_px, params) for i in range(start, stop)])
 
 
@@ -44,3 +43,6 @@ def synth_shards(folder: str | os.PathLike, module: str, *, header: dict[str, An
             by_source.update(entry["counts_by_source"])
             bar.update(entry["num_samples"])
     return write_manifest(folder, header, shards, by_task, by_source)
+
+
+SHARD_ENGINES["ray"] = synth_shards  # data_pipelines/synth/common.py's plugin registry

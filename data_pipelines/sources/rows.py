@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 from PIL import Image
 
 from data_pipelines.report import ConversionStats
+from data_pipelines.shards import engine_plugin
 from molmini.data.records import IMAGE_MARKER, Record, RecordError, strip_image_marker, validate_messages
 
 PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}  # modes PIL can write as PNG
@@ -35,6 +36,13 @@ class BadRow(ValueError):
         return BadRow, (self.reason, str(self))
 
 
+# Engines other than the local one build units through a plugin that registers itself here when imported
+# (data_pipelines/ray_engine/convert.py: UNIT_BUILDERS["ray"] = built_on_ray). They are loaded by module name,
+# so the sources, below the engines, never import them: an engine depends on the sources, not the reverse.
+ENGINE_MODULES = {"ray": "data_pipelines.ray_engine.convert"}
+UNIT_BUILDERS: dict[str, Callable[..., Iterator[Record]]] = {}
+
+
 def guarded_records(rows: Iterable[SourceRow], stats: ConversionStats | None = None, engine: str = "local",
                     parts: list[Callable[[], Iterable[SourceRow]]] | None = None) -> Iterator[Record]:
     """The records of `rows`: each unit's source rows are counted in `stats`, then `build(keys)` makes their
@@ -44,9 +52,8 @@ def guarded_records(rows: Iterable[SourceRow], stats: ConversionStats | None = N
     `rows` cut into pieces that each give their own rows (a table's files), which Ray tasks then also
     read, one piece each."""
     stats = stats if stats is not None else ConversionStats()
-    if engine == "ray":
-        from data_pipelines.ray_engine.convert import built_on_ray
-        yield from built_on_ray(rows, stats, parts=parts)
+    if engine != "local":
+        yield from engine_plugin(UNIT_BUILDERS, engine, ENGINE_MODULES)(rows, stats, parts=parts)
         return
     keys = KeyMaker()
     for name, build, count in rows:

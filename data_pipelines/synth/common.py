@@ -16,12 +16,12 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from molmini.progress import progress_bar
-
-from data_pipelines.shards import MANIFEST_NAME, ShardWriter, atomic_output_dir, command_identity, read_manifest
+from data_pipelines.shards import (MANIFEST_NAME, ShardWriter, atomic_output_dir, command_identity, engine_plugin,
+                                   read_manifest)
 from molmini.data.records import IMAGE_MARKER, Record
+from molmini.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,13 @@ def _reusable(out_dir: str | os.PathLike, expected: dict[str, Any]) -> dict[str,
     return manifest if shards_present else None
 
 
+# Engines other than the local one render shards through a plugin that registers itself here when imported
+# (data_pipelines/ray_engine/synth.py), loaded by name so that this module never imports it (the engine
+# depends on the generators, not the reverse).
+SYNTH_ENGINE_MODULES = {"ray": "data_pipelines.ray_engine.synth"}
+SHARD_ENGINES: dict[str, Callable[..., dict[str, Any]]] = {}
+
+
 class FolderInUseError(FileExistsError):
     """A synthesis output folder that holds files this generator did not write with these settings."""
 
@@ -145,9 +152,9 @@ def synthesize_with(module: str, out_dir: str | os.PathLike, num_images: int, se
                 "another --out, or pass --overwrite to move its shard set aside (nothing is deleted)")
         say(f"{out_dir} holds a {gen.GENERATOR_NAME} set with other settings; replacing it", progress)
     started = time.perf_counter()
-    if engine == "ray":
+    if engine != "local":
         from data_pipelines.ray_engine import connect
-        from data_pipelines.ray_engine.synth import synth_shards
+        synth_shards = engine_plugin(SHARD_ENGINES, engine, SYNTH_ENGINE_MODULES)
 
         connect(ray_address)
         started = time.perf_counter()  # the cluster's start-up is not rendering time
