@@ -46,6 +46,34 @@ ARCHITECTURE = "MolminiForConditionalGeneration"   # molmini/auto/classes.py
 PROCESSOR_CLASS = "MolminiTransformersProcessor"   # molmini/auto/processor.py
 
 
+def load_saved_weights(model, folder: Path, config_file: str, weights_file: str, saved: dict[str, Any],
+                       device: str | Any = "auto", dtype: Any = "auto"):
+    """`model` with the weights of `folder`'s `weights_file`, every one of them (a missing or unexpected name,
+    a shape mismatch, a truncated or foreign file is a ValueError naming both files), on `device` ("auto": a
+    GPU when there is one) in `dtype` ("auto": the one `saved`, config.json, records), in eval mode: the end of
+    every molmini model's from_pretrained (MolminiModel's, and the standalone PlainMolminiModel's)."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    weights, config = folder / weights_file, folder / config_file
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False)
+    except (RuntimeError, OSError, SafetensorError) as e:  # shape mismatches, a truncated or foreign file
+        raise ValueError(f"{weights} does not match {config}: {e}") from e
+    if missing or unexpected:
+        raise ValueError(f"{weights} does not match {config}: missing {sorted(missing)[:5]}, unexpected "
+                         f"{sorted(unexpected)[:5]}")
+    model.source_folder = folder
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":  # the saved weights' dtype
+        dtype = saved.get("dtype")
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    return model.to(device=device, dtype=dtype).eval()
+
+
 def is_hub_id(name: str) -> bool:
     """Whether `name` reads as a hub id (owner/name), not a path."""
     return not name.startswith((".", "/")) and name.count("/") == 1

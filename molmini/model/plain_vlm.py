@@ -16,12 +16,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from torch import nn
 
 from molmini.data.processor import MolminiProcessor
 from molmini.data.tokenizer import special_token_ids
-from molmini.hub.checkpoint_files import CHECKPOINT_FILES, PLAIN_TOWER_KEY, resolve_checkpoint, write_remote_code
+from molmini.hub.checkpoint_files import (CHECKPOINT_FILES, PLAIN_TOWER_KEY, load_saved_weights, resolve_checkpoint,
+                                          write_remote_code)
 from molmini.model.connector import build_connector
 from molmini.model.language_model import build_language_model
 from molmini.model.plain_vit import PlainVisionTower
@@ -85,21 +86,7 @@ class PlainMolminiModel(nn.Module):
             raise ValueError(f"{folder / CONFIG_FILE} is not a molmini model config; it must hold the 'model' and "
                              "'lm_config' that model.save_pretrained writes")
         model = cls(saved, MolminiProcessor.from_pretrained(folder, max_length=max_length))
-        try:
-            missing, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=False)
-        except (RuntimeError, OSError) as e:  # shape mismatches, a truncated or foreign file
-            raise ValueError(f"{folder / WEIGHTS_FILE} does not match {folder / CONFIG_FILE}: {e}") from e
-        if missing or unexpected:
-            raise ValueError(f"{folder / WEIGHTS_FILE} does not match {folder / CONFIG_FILE}: missing "
-                             f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
-        model.source_folder = folder
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if dtype == "auto":
-            dtype = saved.get("dtype")
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
-        return model.to(device=device, dtype=dtype).eval()
+        return load_saved_weights(model, folder, CONFIG_FILE, WEIGHTS_FILE, saved, device, dtype)
 
     def save_pretrained(self, folder: str | Path, **_: Any) -> Path:
         """The checkpoint again (config, weights, tokenizer, processor and the remote code it was loaded with):

@@ -14,15 +14,14 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from torch import nn
 
 from molmini.config import ModelConfig, ReadingConfig, from_dict
 from molmini.data.images import SINGLE_IMAGE, ImageInput
 from molmini.data.processor import MolminiProcessor, ProcessorConfig
 from molmini.data.tokenizer import IMAGE_PATCH, special_token_ids
-from molmini.hub.checkpoint_files import CHECKPOINT_FILES, resolve_checkpoint
+from molmini.hub.checkpoint_files import CHECKPOINT_FILES, load_saved_weights, resolve_checkpoint
 from molmini.hub.publish import push_folder, write_model_card
 from molmini.model.connector import build_connector
 from molmini.model.language_model import build_language_model, enable_transformers_checkpointing
@@ -324,21 +323,7 @@ class MolminiModel(nn.Module):
         processor = MolminiProcessor.from_pretrained(folder, max_length=max_length)
         model = cls(config, processor.tokenizer, load_pretrained=False, saved_lm_config=lm_config,
                     processor=processor)
-        try:
-            missing, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=False)
-        except (RuntimeError, OSError, SafetensorError) as e:  # shape mismatches, a truncated or foreign file
-            raise ValueError(f"{folder / WEIGHTS_FILE} does not match {folder / CONFIG_FILE}: {e}") from e
-        if missing or unexpected:
-            raise ValueError(f"{folder / WEIGHTS_FILE} does not match {folder / CONFIG_FILE}: missing "
-                             f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
-        model.source_folder = folder
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if dtype == "auto":  # the saved weights' dtype
-            dtype = saved.get("dtype")
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
-        return model.to(device=device, dtype=dtype).eval()
+        return load_saved_weights(model, folder, CONFIG_FILE, WEIGHTS_FILE, saved, device, dtype)
 
     def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,
                     commit_message: str = "Upload molmini checkpoint") -> str:
