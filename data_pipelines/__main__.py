@@ -2,7 +2,7 @@
 
 Each command group (``synth``, ``convert``, ``curate``; ``inspect`` later) registers its own subparser in
 `build_parser`, and each leaf command sets ``func`` to the function that runs it. An output folder is
-written beside itself and swapped in at the end (data_pipelines.shards.atomic_output_dir), so a command
+written beside itself and swapped in at the end (data_pipelines.outputs.atomic_output_dir), so a command
 that fails leaves it as it was; a bad input is one `error: ...` line and exit status 2 (`--debug` or
 MOLMINI_DEBUG=1: the traceback).
 """

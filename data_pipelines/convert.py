@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterable, Iterator
 from molmini.progress import progress_bar
 
 from data_pipelines.report import ConversionStats
-from data_pipelines.shards import ShardWriter, atomic_output_dir, command_identity
+from data_pipelines.outputs import atomic_output_dir, command_identity
+from data_pipelines.shards import ShardWriter
 from molmini.data.records import Record
 
 from .sources.llava import convert_captions, convert_llava
@@ -49,7 +50,7 @@ def write_shards(records: Iterable[Record], out_dir: str | os.PathLike, *, gener
     """Write `records` into shards in `out_dir`; the manifest counts them by source and task, and its
     params hold `params` plus the conversion stats. Returns the manifest. The shards replace those in
     `out_dir` only once all are written, and only when there is at least one record and `out_dir` holds
-    no set that another command line wrote (without `overwrite`; data_pipelines.shards.atomic_output_dir):
+    no set that another command line wrote (without `overwrite`; data_pipelines.outputs.atomic_output_dir):
     an error leaves `out_dir` as it was, and so does a conversion that skipped more than
     `max_skipped_fraction` of its rows (`stats`)."""
     # The stats are complete only once every record is written, so the writer asks for them at close.

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 from PIL import Image
 
 from data_pipelines.report import ConversionStats
-from data_pipelines.shards import engine_plugin
+from data_pipelines.outputs import engine_plugin
 from molmini.data.records import IMAGE_MARKER, Record, RecordError, strip_image_marker, validate_messages
 
 PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}  # modes PIL can write as PNG

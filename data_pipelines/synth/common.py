@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from data_pipelines.shards import (MANIFEST_NAME, ShardWriter, atomic_output_dir, command_identity, engine_plugin,
-                                   read_manifest)
+from data_pipelines.outputs import atomic_output_dir, command_identity, engine_plugin
+from data_pipelines.shards import MANIFEST_NAME, ShardWriter, read_manifest
 from molmini.data.records import IMAGE_MARKER, Record
 from molmini.progress import progress_bar
 
@@ -119,7 +119,7 @@ def synthesize_with(module: str, out_dir: str | os.PathLike, num_images: int, se
     into a folder that is missing or empty or (with `replace_own`) holds nothing but a set this generator
     wrote with other settings; any other folder raises FolderInUseError and is left untouched, so
     synthesis never deletes data it did not make. With `overwrite` (the command line's --overwrite) a shard
-    set another command wrote is moved aside instead (data_pipelines.shards.atomic_output_dir). The shards
+    set another command wrote is moved aside instead (data_pipelines.outputs.atomic_output_dir). The shards
     are written beside the folder and moved in once complete. `params` (the generator's options) are recorded in the manifest.
     `engine` "ray" renders one shard per Ray task (on the cluster at `ray_address`, or RAY_ADDRESS, or one
     started here; data_pipelines/ray_engine/synth.py), into the same bytes.

@@ -12,7 +12,8 @@ import pytest
 
 from data_pipelines.__main__ import main as pipelines
 from data_pipelines.convert import write_shards
-from data_pipelines.shards import TEMP_INFIX, WRITER_FILE, remove_stale_temporaries, verify_manifest
+from data_pipelines.outputs import TEMP_INFIX, WRITER_FILE, remove_stale_temporaries
+from data_pipelines.shards import verify_manifest
 from tests.helpers import make_records
 from tests.helpers.file_hashes import folder_hashes
 
