@@ -68,22 +68,25 @@ def holds_shard_set(folder: str | os.PathLike) -> bool:
     return folder.is_dir() and ((folder / MANIFEST_NAME).exists() or any(folder.glob(SHARD_GLOB)))
 
 
-def check_output_folder(out_dir: str | os.PathLike, identity: dict[str, Any] | None, overwrite: bool = False) -> None:
+def check_output_folder(out_dir: str | os.PathLike, identity: dict[str, Any] | None, overwrite: bool = False) -> bool:
     """The one rule for every data command's --out (synth, convert, curate): a folder that holds a shard
     set which this same command line did not write (another generator, input or setting; a set without a
-    readable manifest) is refused, unless `overwrite`, in which case `atomic_output_dir` moves that set
-    aside at the end. A missing or shard-free folder, or this command line's own earlier output, is fine."""
+    readable manifest) is refused, unless `overwrite`; then True is returned: `atomic_output_dir` moves
+    that set aside at the end. A missing or shard-free folder, or this command line's own earlier output,
+    is fine (False)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"output folder {out} is a file; pass a folder with --out")
-    if overwrite or not holds_shard_set(out):
-        return
+    if not holds_shard_set(out):
+        return False
     try:
         held = read_manifest(out)
     except (FileNotFoundError, ValueError):
         held = None
     if written_by(held, identity):
-        return
+        return False
+    if overwrite:
+        return True
     source = (held or {}).get("params", {}).get("input") if isinstance((held or {}).get("params"), dict) else None
     what = (f"a set written by {held.get('generator')!r}{f' from {source}' if source else ''} with other settings"
             if held is not None else "shards without a readable manifest")
@@ -152,7 +155,7 @@ def atomic_output_dir(out_dir: str | os.PathLike, identity: dict[str, Any] | Non
     error the temporary folder is deleted and `out_dir` is left exactly as it was. Beside `out_dir` rather
     than in /tmp, so that moving the files in is a rename on one file system."""
     out = Path(out_dir)
-    check_output_folder(out, identity, overwrite)
+    move_aside = check_output_folder(out, identity, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}{TEMP_INFIX}"))
@@ -166,15 +169,8 @@ def atomic_output_dir(out_dir: str | os.PathLike, identity: dict[str, Any] | Non
             raise EmptyResultError(f"no record to write to {out}{': ' + why if why else ''}; {out} was left as it "
                                    "was (a result with no record never replaces anything)")
         out.mkdir(exist_ok=True)
-        if holds_shard_set(out):
-            held = None
-            try:
-                held = read_manifest(out)
-            except (FileNotFoundError, ValueError):
-                pass
-            if overwrite and not written_by(held, identity):
-                aside = move_set_aside(out)
-                log.warning("moved the set that was in %s aside to %s", out, aside)
+        if move_aside:
+            log.warning("moved the set that was in %s aside to %s", out, move_set_aside(out))
         remove_shards(out)
         # The manifest moves last: until it is in place the folder reads as incomplete, never as a mix.
         for path in sorted(tmp.iterdir(), key=lambda p: (p.name == MANIFEST_NAME, p.name)):
