@@ -21,6 +21,28 @@ from pathlib import Path
 from molmini.errors import run_reporting_errors
 
 
+def add_speed_arguments(p) -> None:
+    from molmini.model.fast_inference import add_arguments
+    add_arguments(p)  # --quantize, --compile: the answers are kept apart from the float model's
+
+
+def add_skip_argument(p) -> None:
+    p.add_argument("--max-skipped-fraction", type=fraction, default=0.5, metavar="F",
+                   help="fail (exit 2, nothing scored) when more than this fraction of a benchmark's questions "
+                        "had to be skipped, e.g. images that do not decode or rows without an answer "
+                        "(default 0.5; 1 scores whatever could be read)")
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction from 0 to 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
     commands = ap.add_subparsers(dest="command", required=True)
@@ -34,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N items only")
     p.add_argument("--device", default="cpu")
+    add_speed_arguments(p)
+    add_skip_argument(p)
     add_run_command(commands)
     add_report_command(commands)
     args = ap.parse_args(argv)
@@ -72,21 +96,25 @@ def dispatch(args) -> int:
 
 
 def heldout_command(args) -> int:
+    from molmini.model.fast_inference import check_options, speed_up
     from molmini.model.vlm import MolminiModel
     from molmini.progress import logs_around_bars
 
     from .heldout import evaluate, format_table, write_heldout_report
     from .models import is_hf_folder
     try:
+        check_options(args.quantize, args.compile, args.device)
         if is_hf_folder(args.model):  # a transformers VLM (one fine-tuned with model.hf_vlm): asked as it was trained
             from molmini.model.transformers_vlm import HFVisionLanguageModel
             model = HFVisionLanguageModel.from_pretrained(args.model, device=args.device)
         else:
             model = MolminiModel.from_pretrained(args.model, device=args.device)
+        speed_up(model, args.quantize, args.compile)
         with logs_around_bars():  # skipped-record warnings print above the bar
             results, rows = evaluate(model, args.test_dir, args.train_dir, batch_size=args.batch_size,
                                      max_new_tokens=args.max_new_tokens, max_items=args.limit,
-                                     model_path=args.model, out_dir=args.out)
+                                     model_path=args.model, out_dir=args.out,
+                                     max_skipped_fraction=args.max_skipped_fraction)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -118,6 +146,8 @@ def add_run_command(commands) -> None:
                    "lmms_eval_textvqa, lmms_eval_mcq")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
+    add_speed_arguments(p)  # for the --model checkpoints; baselines run as they are
+    add_skip_argument(p)
     p.add_argument("--lmms-eval-layout", action="store_true", help="also write the results in lmms-eval's "
                    "layout under OUT/lmms_eval/<model>/ (eval/lmms_layout.py)")
     p.epilog = build_adapter.__doc__
@@ -137,11 +167,18 @@ def run_command(args) -> int:
     if not specs:
         print("error: nothing to run; give --model and/or --baselines", file=sys.stderr)
         return 2
+    def build(spec: str):
+        if spec in args.model:
+            return build_adapter(spec, args.batch_size, args.device, quantize=args.quantize, compile=args.compile)
+        return build_adapter(spec, args.batch_size, args.device)
+
     try:
+        from molmini.model.fast_inference import check_options
+        check_options(args.quantize, args.compile, args.device)
         benchmarks = parse_benchmarks(args.benchmarks, args.prompt_template)
         with logs_around_bars():  # warnings (a skipped row, a torn cache line) print above the bars
-            entries = run(specs, benchmarks, args.out, lambda spec: build_adapter(spec, args.batch_size, args.device),
-                          limit=args.limit, batch_size=args.batch_size)
+            entries = run(specs, benchmarks, args.out, build, limit=args.limit, batch_size=args.batch_size,
+                          max_skipped_fraction=args.max_skipped_fraction)
         if args.lmms_eval_layout:
             from .lmms_layout import write_lmms_layout
             for path in write_lmms_layout(args.out, entries):

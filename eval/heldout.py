@@ -19,10 +19,11 @@ from .runner import NothingToEvaluate, predict
 
 def evaluate(model, test_dir: str, train_dir: str, batch_size: int = 64, max_new_tokens: int = 8,
              max_items: int = 0, benchmark: str = "synth-charts", model_path: str | None = None,
-             out_dir: str | Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+             out_dir: str | Path | None = None, max_skipped_fraction: float | None = None
+             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Greedy answers of `model` (loaded from `model_path`, which keys the runner's prediction cache
     in `out_dir`; without one the cache is thrown away) for every held-out item; returns (results,
-    per-item rows)."""
+    per-item rows). More than `max_skipped_fraction` of the questions skipped raises runner.TooManySkipped."""
     bench = load_benchmark("synthetic", test_dir)
     bench.spec = dataclasses.replace(bench.spec, max_new_tokens=max_new_tokens, one_image=False)
     # A model given without its folder has nothing that identifies it: a fresh id, so that no later run
@@ -31,7 +32,8 @@ def evaluate(model, test_dir: str, train_dir: str, batch_size: int = 64, max_new
     with tempfile.TemporaryDirectory(prefix="molmini-heldout-") as scratch:
         try:
             _, predictions, _, _ = predict(adapter, bench, Path(out_dir or scratch), limit=max_items,
-                                           batch_size=batch_size, desc=f"held-out {benchmark}")
+                                           batch_size=batch_size, desc=f"held-out {benchmark}",
+                                           max_skipped_fraction=max_skipped_fraction)
         except NothingToEvaluate:
             skipped = {reason: n for reason, n in bench.skipped_by_reason.items() if n}
             described = ", ".join(f"{n} {reason}" for reason, n in skipped.items()) or "none"

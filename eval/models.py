@@ -97,6 +97,20 @@ class ModelAdapter:
 
 # ---- molmini ---------------------------------------------------------------------------------------------
 
+def sped_up(adapter: ModelAdapter, quantize: str = "none", compile: bool = False) -> None:
+    """Apply --quantize/--compile (molmini/model/fast_inference.py) to the adapter's model unless they were
+    applied already, count its parameters as trained, and give a sped-up model its own name and cache key:
+    its answers may differ from the float model's."""
+    from molmini.model.fast_inference import options_tag, parameter_count, speed_up
+    if (quantize != "none" or compile) and not options_tag(adapter.model):
+        speed_up(adapter.model, quantize, compile)
+    adapter.num_parameters = parameter_count(adapter.model)
+    tag = options_tag(adapter.model)
+    if tag:
+        adapter.name = f"{adapter.name} ({tag})"
+        adapter.cache_key = f"{adapter.cache_key}:{tag}"
+
+
 def read_training_cost(checkpoint: str | Path) -> dict[str, Any] | None:
     """wall_time_s, device and num_processes from the `train_summary.json` a training run writes beside
     (or into) its checkpoint folder; None when the run recorded no cost."""
@@ -117,15 +131,16 @@ class MolminiAdapter(ModelAdapter):
     `name_or_path` is the folder it came from: it names the model and keys the cache)."""
     kind = "molmini"
 
-    def __init__(self, name_or_path: str, batch_size: int = 32, device: str = "cpu", model=None):
+    def __init__(self, name_or_path: str, batch_size: int = 32, device: str = "cpu", model=None,
+                 quantize: str = "none", compile: bool = False):
         from molmini.model.vlm import MolminiModel
 
         self.model = model if model is not None else MolminiModel.from_pretrained(name_or_path, device=device)
         self.batch_size = batch_size
         self.name = display_name(name_or_path)
-        self.num_parameters = sum(p.numel() for p in self.model.parameters())
         self.cache_key = f"molmini:{fingerprint(name_or_path)}"
         self.training_cost = read_training_cost(name_or_path)
+        sped_up(self, quantize, compile)
 
     def generate(self, images, prompts, max_new_tokens):
         return self.model.generate(images=list(images), prompts=list(prompts), max_new_tokens=max_new_tokens,
@@ -159,7 +174,8 @@ class HFVisionLanguageAdapter(ModelAdapter):
     the prompt."""
     kind = "baseline"
 
-    def __init__(self, name_or_path: str, batch_size: int = 8, device: str = "cpu", model=None):
+    def __init__(self, name_or_path: str, batch_size: int = 8, device: str = "cpu", model=None,
+                 quantize: str = "none", compile: bool = False):
         from molmini.model.transformers_vlm import HFVisionLanguageModel
 
         if model is None:
@@ -169,9 +185,9 @@ class HFVisionLanguageAdapter(ModelAdapter):
         self.processor = self.model.processor.processor
         self.batch_size, self.device = batch_size, device
         self.name = display_name(name_or_path)
-        self.num_parameters = sum(p.numel() for p in self.model.parameters())
         self.cache_key = f"hf:{fingerprint(name_or_path)}"
         self.training_cost = read_training_cost(name_or_path)
+        sped_up(self, quantize, compile)
         if self.training_cost is not None:  # a model molmini fine-tuned is reported as one of its own
             self.kind = "molmini"
 
@@ -250,11 +266,13 @@ def is_hf_folder(path: str) -> bool:
     return is_transformers_folder(path)
 
 
-def build_adapter(spec: str, batch_size: int = 16, device: str = "cpu") -> ModelAdapter:
+def build_adapter(spec: str, batch_size: int = 16, device: str = "cpu", quantize: str = "none",
+                  compile: bool = False) -> ModelAdapter:
     """An adapter from a command-line spec:
     PATH_OR_ID (molmini checkpoint; a transformers folder is detected), `hf:PATH_OR_ID` or
     `llava:PATH_OR_ID` (any AutoModelForImageTextToText), `text-only:MOLMINI_PATH`, `majority` (the
-    benchmark's own golds) or `majority:TRAIN_SHARD_DIR`."""
+    benchmark's own golds) or `majority:TRAIN_SHARD_DIR`. `quantize` and `compile` speed up the molmini or
+    transformers model it loads (molmini/model/fast_inference.py); a baseline ignores them."""
     kind, _, target = spec.partition(":")
     if kind not in BASELINE_KINDS:
         kind, target = "", spec
@@ -265,8 +283,8 @@ def build_adapter(spec: str, batch_size: int = 16, device: str = "cpu") -> Model
     if kind == "text-only":
         return TextOnlyAdapter(target, batch_size, device)
     if kind in ("hf", "llava") or is_hf_folder(target):
-        return HFVisionLanguageAdapter(target, batch_size, device)
-    return MolminiAdapter(target, batch_size, device)
+        return HFVisionLanguageAdapter(target, batch_size, device, quantize=quantize, compile=compile)
+    return MolminiAdapter(target, batch_size, device, quantize=quantize, compile=compile)
 
 
 def adapter_for(model, name_or_path: str, batch_size: int = 32) -> ModelAdapter:

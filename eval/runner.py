@@ -134,19 +134,46 @@ class NothingToEvaluate(ValueError):
     """A benchmark that yielded no readable item: a score over none would read as a result."""
 
 
+class TooManySkipped(ValueError):
+    """A benchmark that skipped more of its questions than the user allowed: its score would stand for a
+    small, possibly unrepresentative part of it (a wrong folder or a broken download far more often)."""
+
+
+def check_skipped(benchmark: Benchmark, scored: int, max_fraction: float | None) -> None:
+    """Raise TooManySkipped when more than `max_fraction` of the questions read (scored plus skipped) were
+    skipped, naming the reasons, the first skipped row and the fix. None: no check."""
+    skipped = benchmark.skipped_rows
+    if max_fraction is None or not skipped or skipped / (skipped + scored) <= max_fraction:
+        return
+    reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(benchmark.skipped_by_reason.items()) if n)
+    first = f"; the first: {benchmark.skipped[0][0]}: {benchmark.skipped[0][1]}" if benchmark.skipped else ""
+    check = (f"check the shards with `python -m data_pipelines inspect --input {benchmark.path}`"
+             if benchmark.spec.name == "synthetic" else
+             f"check that {benchmark.path} holds the whole benchmark (e.g. `{benchmark.spec.fetch_command(benchmark.path)}`)"
+             if benchmark.spec.dataset_id else f"check the files in {benchmark.path}")
+    raise TooManySkipped(
+        f"{benchmark.spec.name} at {benchmark.path}: skipped {skipped} of {skipped + scored} questions "
+        f"({100 * skipped / (skipped + scored):.0f}%, more than the {100 * max_fraction:.0f}% that "
+        f"--max-skipped-fraction allows; records by reason: {reasons or 'none'}{first}). No score was written; "
+        f"{check}, or pass --max-skipped-fraction 1 to score the {scored} questions that were read")
+
+
 def evaluate(adapter: ModelAdapter, benchmark: Benchmark, out_dir: str | Path, limit: int = 0,
-             batch_size: int = 16) -> dict[str, Any]:
+             batch_size: int = 16, max_skipped_fraction: float | None = None) -> dict[str, Any]:
     """Score `adapter` on the first `limit` items (all when 0) of `benchmark`, answering only the items
     not yet in the predictions file; returns the result entry of results.json."""
     out_dir = Path(out_dir)
-    adapter, rows, path, answered = predict(adapter, benchmark, out_dir, limit, batch_size)
+    adapter, rows, path, answered = predict(adapter, benchmark, out_dir, limit, batch_size,
+                                            max_skipped_fraction=max_skipped_fraction)
     return summarise(adapter, benchmark, rows, limit, path.relative_to(out_dir), answered)
 
 
 def predict(adapter: ModelAdapter, benchmark: Benchmark, out_dir: Path, limit: int = 0, batch_size: int = 16,
-            desc: str = "") -> tuple[ModelAdapter, list[dict[str, Any]], Path, int]:
+            desc: str = "", max_skipped_fraction: float | None = None
+            ) -> tuple[ModelAdapter, list[dict[str, Any]], Path, int]:
     """(the adapter fitted to the benchmark, a prediction row per item, the predictions file, how many
-    items were answered now rather than taken from it)."""
+    items were answered now rather than taken from it). More than `max_skipped_fraction` of the questions
+    skipped raises TooManySkipped (None: any share)."""
     adapter = adapter.for_benchmark(iter(benchmark))   # a majority baseline fits on the golds here
     path = predictions_path(out_dir, adapter, benchmark)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,6 +213,7 @@ def predict(adapter: ModelAdapter, benchmark: Benchmark, out_dir: Path, limit: i
         first = f"; the first: {benchmark.skipped[0][1]}" if benchmark.skipped else ""
         raise NothingToEvaluate(f"{benchmark.spec.name} at {benchmark.path}: no readable item to evaluate "
                                 f"({benchmark.skipped_rows} rows skipped{first})")
+    check_skipped(benchmark, len(rows), max_skipped_fraction)
     log.info("%s on %s: %d items, %d answered now, %d cached answers reused from %s", adapter.name,
              benchmark.spec.name, len(rows), answered, len(rows) - answered, path)
     if stale:
@@ -210,7 +238,8 @@ def summarise(adapter: ModelAdapter, benchmark: Benchmark, rows: list[dict[str, 
 
 
 def run(model_specs: Iterable[str], benchmarks: list[Benchmark], out_dir: str | Path,
-        build: Callable[[str], ModelAdapter], limit: int = 0, batch_size: int = 16) -> list[dict[str, Any]]:
+        build: Callable[[str], ModelAdapter], limit: int = 0, batch_size: int = 16,
+        max_skipped_fraction: float | None = None) -> list[dict[str, Any]]:
     """Each model in turn (built by `build(spec)`, then released) over every benchmark; results.json in
     `out_dir` gains or replaces one entry per (model, benchmark) and keeps the others."""
     import torch
@@ -222,7 +251,8 @@ def run(model_specs: Iterable[str], benchmarks: list[Benchmark], out_dir: str | 
     for spec in model_specs:
         adapter = build(spec)
         for benchmark in benchmarks:
-            entry = evaluate(adapter, benchmark, out_dir, limit=limit, batch_size=batch_size)
+            entry = evaluate(adapter, benchmark, out_dir, limit=limit, batch_size=batch_size,
+                             max_skipped_fraction=max_skipped_fraction)
             entry["model"]["spec"] = spec
             entries = [e for e in entries if (e["model"]["cache_key"], e["benchmark"]) !=
                        (entry["model"]["cache_key"], entry["benchmark"])] + [entry]

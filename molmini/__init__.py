@@ -9,7 +9,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {"Config": "config", "ConfigError": "config", "load_config": "config", "Record": "data.records",
-            "RecordError": "data.records", "MolminiModel": "model.vlm", "MolminiProcessor": "data.processor"}
+            "RecordError": "data.records", "MolminiModel": "model.vlm", "MolminiProcessor": "data.processor",
+            "speed_up": "model.fast_inference"}
 
 __all__ = list(_EXPORTS)
 __version__ = "0.1.0"

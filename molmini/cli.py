@@ -79,6 +79,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from molmini.data.images import load_image
     from molmini.data.records import IMAGE_MARKER
+    from molmini.model.fast_inference import check_options as check_speed_options
+    from molmini.model.fast_inference import speed_up
     from molmini.model.vlm import MolminiModel
     images = [load_image(source) for source in args.image]  # a bad one is an error naming it (exit 2)
     prompts = args.prompt
@@ -102,7 +104,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(f"error: the prompt {prompt!r} has {markers} {IMAGE_MARKER} markers for {n} image(s); put one "
                   f"{IMAGE_MARKER} per image (a single image needs none)", file=sys.stderr)
             return 2
-    model = MolminiModel.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    check_speed_options(args.quantize, args.compile, args.device)  # before the load: a refusal costs nothing
+    model = speed_up(MolminiModel.from_pretrained(args.model, device=args.device, dtype=args.dtype),
+                     args.quantize, args.compile)
     kwargs = {"max_new_tokens": args.max_new_tokens}
     if args.num_beams > 1:
         kwargs["num_beams"] = args.num_beams
@@ -143,7 +147,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     max_image_bytes=args.max_image_bytes)
     serve(args.model, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
           batch_wait_ms=args.batch_wait_ms, limits=limits, device=args.device, dtype=args.dtype,
-          model_name=args.served_model_name)
+          model_name=args.served_model_name, quantize=args.quantize, compile=args.compile)
     return 0
 
 
@@ -159,7 +163,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     limits = Limits(max_new_tokens=args.max_new_tokens_limit, max_image_pixels=args.max_image_pixels,
                     max_image_bytes=args.max_image_bytes)
     launch(args.checkpoint, host=args.host, port=args.port, share=args.share, device=args.device, dtype=args.dtype,
-           limits=limits)
+           limits=limits, quantize=args.quantize, compile=args.compile)
     return 0
 
 
@@ -181,6 +185,7 @@ def probability(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from molmini.model.fast_inference import add_arguments as add_speed_arguments  # light: torch loads later
     ap = argparse.ArgumentParser(prog="molmini", description=__doc__)
     ap.add_argument("--debug", action="store_true", help="show the traceback of an error (also MOLMINI_DEBUG=1)")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -199,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch-size", type=at_least(1), default=16)
     gen.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:1, ...")
     gen.add_argument("--dtype", default=None, help="e.g. bfloat16 on a GPU (default: as saved, float32)")
+    add_speed_arguments(gen)
     gen.add_argument("--stream", action="store_true", help="print the answer token by token (one image)")
     gen.add_argument("--json", action="store_true", help="one JSON line per answer with image and prompt")
     gen.set_defaults(func=cmd_generate)
@@ -227,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="encoded size of one image")
     srv.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:1, ...")
     srv.add_argument("--dtype", default=None, help="e.g. bfloat16 on a GPU (default: as saved, float32)")
+    add_speed_arguments(srv)
     srv.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="a browser demo of a checkpoint: upload an image, ask, see what it saw",
@@ -243,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="size of an uploaded file")
     demo.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:1, ...")
     demo.add_argument("--dtype", default=None, help="e.g. bfloat16 on a GPU (default: as saved, float32)")
+    add_speed_arguments(demo)
     demo.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("plot", help="draw a run's training curves to a PNG", description=cmd_plot.__doc__)

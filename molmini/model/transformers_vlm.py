@@ -23,6 +23,7 @@ from torch import nn
 
 from molmini.data.records import IMAGE_MARKER, Record, RecordError
 from molmini.hub.publish import evaluation_table
+from molmini.model.fast_inference import check_savable
 from molmini.model.language_model import enable_transformers_checkpointing
 from molmini.model.loss import IGNORE_INDEX, head_outputs
 
@@ -305,6 +306,7 @@ class HFVisionLanguageModel(nn.Module):
     def save_pretrained(self, folder: str | Path, eval_results: dict[str, Any] | None = None,
                         training: dict[str, Any] | None = None) -> Path:
         """The family's own checkpoint folder (safetensors, config, processor), LoRA merged, plus a model card."""
+        check_savable(self, folder)
         self.merge_lora()
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from molmini.data.tokenizer import IMAGE_PATCH, special_token_ids
 from molmini.hub.checkpoint_files import CHECKPOINT_FILES, load_saved_weights, resolve_checkpoint
 from molmini.hub.publish import push_folder, write_model_card
 from molmini.model.connector import build_connector
+from molmini.model.fast_inference import check_savable
 from molmini.model.language_model import build_language_model, enable_transformers_checkpointing
 from molmini.model.loss import count_loss_tokens, head_outputs
 from molmini.model.reading import READ_HEAD, build_read_head, read_outputs
@@ -277,6 +278,7 @@ class MolminiModel(nn.Module):
         transformers alone) for an open_clip ViT tower, described in config.json for them; thin ones that import
         molmini for other towers, which is logged (molmini/hub/checkpoint_files.py)."""
         from molmini.hub.checkpoint_files import PLAIN_TOWER_KEY, transformers_config_fields, write_remote_code
+        check_savable(self, folder)
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         # The sequence budget (max_length) is the processor's, in processor_config.json only. The reading head

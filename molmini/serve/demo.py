@@ -297,15 +297,17 @@ def build_demo(model, name: str, limits: Limits = Limits()):
 
 def launch(checkpoint: str, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
            device: str = "auto", dtype: str | None = None, limits: Limits = Limits(),
-           block: bool = True):
+           block: bool = True, quantize: str = "none", compile: bool = False):
     """Load the checkpoint (molmini's own or a transformers VLM, as eval loads it) and serve the page; on
     127.0.0.1 unless `host` or `share` (a public gradio.live link) ask for more. Returns the Blocks app
     when `block` is False (tests), after it has started."""
+    from molmini.model.fast_inference import check_options, speed_up
     from molmini.model.interface import load_trained
     if device == "auto":
         import torch
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_trained(checkpoint, device=device, dtype=dtype)
+    check_options(quantize, compile, device)
+    model = speed_up(load_trained(checkpoint, device=device, dtype=dtype), quantize, compile)
     demo = build_demo(model, display_name(checkpoint), limits)
     demo.queue()
     demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,

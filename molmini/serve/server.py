@@ -312,14 +312,17 @@ def server_sent_events(job: Job, reply: dict[str, Any]) -> Iterator[str]:
 
 def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 8,
           batch_wait_ms: float = 10.0, limits: Limits = Limits(), device: str = "auto", dtype: str | None = None,
-          model_name: str | None = None) -> None:
-    """Load the checkpoint and serve it until interrupted."""
+          model_name: str | None = None, quantize: str = "none", compile: bool = False) -> None:
+    """Load the checkpoint (sped up on a CPU by `quantize` and `compile`, molmini/model/fast_inference.py) and
+    serve it until interrupted."""
     import uvicorn
 
+    from molmini.model.fast_inference import check_options, speed_up
     from molmini.model.vlm import MolminiModel
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
-    model = MolminiModel.from_pretrained(model_path, device=device, dtype=dtype)
+    check_options(quantize, compile, device)
+    model = speed_up(MolminiModel.from_pretrained(model_path, device=device, dtype=dtype), quantize, compile)
     name = model_name or str(model_path)
     log.info("serving %s on http://%s:%d/v1 (batches of up to %d, waiting %g ms)", name, host, port,
              max_batch_size, batch_wait_ms)

@@ -134,6 +134,31 @@ def test_generate_throughput_makes_exactly_the_new_tokens_for_each_model(tmp_pat
     assert saved["ratio_to_llava"].keys() == {"molmini attention_pool_2x2", "molmini mlp"}
 
 
+def test_generate_throughput_measures_a_checkpoints_cpu_variants_with_their_accuracy(tmp_path, model_config,
+                                                                                       tokenizer):
+    """--checkpoint mode: each variant timed beside fp32, scored on the held-out set, and kept or not by its
+    accuracy change."""
+    from tests.helpers import synth_tiny_charts, trained_checkpoint
+    charts = synth_tiny_charts(tmp_path / "charts")
+    checkpoint = trained_checkpoint(model_config, tokenizer, tmp_path / "checkpoint", steps=10)
+    out = tmp_path / "results.json"
+    generate_throughput.main(["--checkpoint", str(checkpoint), "--variants", "fp32,int8-dynamic",
+                              "--test-dir", str(charts / "test"), "--train-dir", str(charts / "train"),
+                              "--steps", "1", "--warmup", "0", "--batch-sizes", "1,2", "--new-tokens", "3",
+                              "--json", str(out)])
+    rows = json.loads(out.read_text())["generate/checkpoints"]["checkpoints"][str(checkpoint)]
+    assert rows.keys() == {"fp32", "int8-dynamic"}
+    for name, row in rows.items():
+        assert row["batch_2"]["new_tokens_per_s"] == pytest.approx(2 * 3 / row["batch_2"]["call_s_median"], rel=1e-2)
+        assert row["heldout_items"] > 0 and 0 <= row["heldout_relaxed_accuracy"] <= 100
+        assert row["kept"] == (row["accuracy_change_points"] >= -1.0)
+    assert rows["fp32"]["speed_vs_fp32"] == {"batch_1": 1.0, "batch_2": 1.0}
+    assert rows["int8-dynamic"]["options"]["quantize"] == "int8-dynamic"
+    assert rows["int8-dynamic"]["options"]["parameters"] == rows["fp32"]["options"]["parameters"]
+    with pytest.raises(ValueError, match="give fp32 and any of"):
+        generate_throughput.main(["--checkpoint", str(checkpoint), "--variants", "int8-dynamic"])
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="--shape 'S9' is unknown"):
         train_throughput.main(["--shape", "S9"])

@@ -290,7 +290,9 @@ def test_evaluation_curation_and_inspection_count_exactly_or_exit_2_with_one_lin
     with within(300):
         # eval heldout: every record read or counted, once
         code = evaluation(["heldout", "--model", str(init_model), "--test-dir", str(test), "--train-dir", str(train),
-                           "--out", str(tmp_path / "heldout"), "--max-new-tokens", "2"])
+                           "--out", str(tmp_path / "heldout"), "--max-new-tokens", "2",
+                           # the counts, at any share skipped (the share's limit: tests/eval/test_runner.py)
+                           "--max-skipped-fraction", "1"])
         if code == 0:
             results = json.loads((tmp_path / "heldout" / "eval_results.json").read_text())
             assert results["skipped_records"] == listed - len(usable)
@@ -300,7 +302,7 @@ def test_evaluation_curation_and_inspection_count_exactly_or_exit_2_with_one_lin
         capsys.readouterr()
         # eval run: the benchmark's rows are questions; a record lost before them counts as one row
         code = evaluation(["run", "--baselines", "majority", "--benchmarks", f"synthetic={test}",
-                           "--out", str(tmp_path / "run")])
+                           "--out", str(tmp_path / "run"), "--max-skipped-fraction", "1"])
         questions = [(r, undecodable(r.image)) for r in records]
         if code == 0:
             entry = json.loads((tmp_path / "run" / "results.json").read_text())["results"][0]

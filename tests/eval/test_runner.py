@@ -237,3 +237,79 @@ def test_pareto_front_and_published_rows():
     rows = {r.name: r for r in published_rows(PUBLISHED_SCORES, ["chartqa", "ai2d_no_mask"])}
     assert rows["Molmo-7B-D"].scores == {"chartqa": 84.1, "ai2d_no_mask": 93.2}
     assert rows["Molmo-7B-D"].num_parameters == 8_000_000_000 and rows["GPT-4o-0513"].num_parameters is None
+
+
+def write_mostly_broken_benchmark(folder, good: int, broken: int) -> None:
+    """`good` readable records and `broken` whose image bytes are not an image (2 questions each)."""
+    from data_pipelines.shards import ShardWriter
+    from molmini.data.records import Record
+    from tests.helpers import png_bytes
+    with ShardWriter(folder, generator="test", maxcount=4) as writer:
+        for i in range(good + broken):
+            writer.write(Record(key=f"item{i}", image=png_bytes("red") if i < good else b"not an image at all",
+                                messages=[{"role": "user", "content": "<image>What colour are the bars?"},
+                                          {"role": "assistant", "content": "red"},
+                                          {"role": "user", "content": "Is it red?"},
+                                          {"role": "assistant", "content": "Yes"}],
+                                meta={"qa_types": ["colour", "compare"]}))
+
+
+@pytest.mark.parametrize("command", ["run", "heldout"])
+def test_an_evaluation_that_skipped_most_of_its_input_exits_non_zero_unless_allowed(workspace, tmp_path, capsys,
+                                                                                      command):
+    """A LLaVA convert with the wrong --images skipped 24 of 25 rows and exited 0; an evaluation over a folder
+    whose images mostly do not decode likewise scored the few that did. Now it fails naming the reason and
+    the fix, writes no score, and --max-skipped-fraction 1 accepts it."""
+    bench, out = tmp_path / "bench", tmp_path / "out"
+    write_mostly_broken_benchmark(bench, good=1, broken=3)        # 6 of 8 questions skipped (75%)
+    args = (["run", "--model", str(workspace["molmini"]), "--benchmarks", f"synthetic={bench}", "--no-majority"]
+            if command == "run" else
+            ["heldout", "--model", str(workspace["molmini"]), "--test-dir", str(bench), "--train-dir", str(bench)])
+    args += ["--out", str(out), "--max-new-tokens", "2"] if command == "heldout" else ["--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "skipped 6 of 8 questions (75%" in err and "3 undecodable_image" in err
+    assert "--max-skipped-fraction 1" in err and "data_pipelines inspect" in err
+    assert not (out / "results.json").exists() and not (out / "eval_results.json").exists()
+    assert main(args + ["--max-skipped-fraction", "0.8"]) == 0      # a threshold above the share accepts it
+    written = out / ("results.json" if command == "run" else "eval_results.json")
+    assert written.is_file()
+    if command == "run":
+        assert json.loads(written.read_text())["results"][0]["n"] == 2   # the 2 readable questions scored
+    else:
+        assert json.loads(written.read_text())["skipped_records"] == 3
+
+
+def test_a_benchmark_that_skipped_a_few_items_still_scores(workspace, tmp_path):
+    bench, out = tmp_path / "bench", tmp_path / "out"
+    write_mostly_broken_benchmark(bench, good=3, broken=1)        # 2 of 8 skipped: under the 50% default
+    assert main(["run", "--model", str(workspace["molmini"]), "--benchmarks", f"synthetic={bench}",
+                 "--no-majority", "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["results"][0]["n"] == 6
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "nan", "half"])
+def test_max_skipped_fraction_must_be_a_fraction(workspace, tmp_path, capsys, value):
+    with pytest.raises(SystemExit):
+        main(["run", "--model", str(workspace["molmini"]), "--benchmarks", "synthetic=x", "--out", str(tmp_path),
+              "--max-skipped-fraction", value])
+    assert "is not a fraction from 0 to 1" in capsys.readouterr().err
+
+
+def test_a_quantized_model_is_named_and_cached_apart_from_the_float_one(workspace, tmp_path, monkeypatch):
+    """Quantized answers may differ from the float model's: a results folder keeps both, and neither reuses the
+    other's cached answers."""
+    seen = count_generated_prompts(monkeypatch)
+    bench, out = tmp_path / "bench", tmp_path / "out"
+    write_benchmark(bench, [1, 2, 3])
+    args = ["run", "--model", str(workspace["molmini"]), "--benchmarks", f"synthetic={bench}", "--no-majority",
+            "--out", str(out)]
+    assert main(args) == 0 and len(seen) == 6
+    assert main(args + ["--quantize", "int8-dynamic"]) == 0 and len(seen) == 12   # asked again, not reused
+    assert main(args + ["--quantize", "int8-dynamic"]) == 0 and len(seen) == 12   # its own answers are cached
+    results = json.loads((out / "results.json").read_text())["results"]
+    by_name = {r["model"]["name"]: r["model"] for r in results}
+    assert set(by_name) == {"molmini_run", "molmini_run (int8-dynamic)"}
+    assert by_name["molmini_run"]["cache_key"] != by_name["molmini_run (int8-dynamic)"]["cache_key"]
+    # its size is reported as trained: quantized layers hold no nn.Parameter
+    assert by_name["molmini_run"]["num_parameters"] == by_name["molmini_run (int8-dynamic)"]["num_parameters"]
