@@ -62,11 +62,17 @@ class MolminiTransformersProcessor(MolminiProcessor, ProcessorMixin):
 
     # ---- text ---------------------------------------------------------------------------------------
     def apply_chat_template(self, conversation: Sequence[dict[str, Any]], add_generation_prompt: bool = True,
-                            tokenize: bool = False, **_: Any) -> Any:
+                            tokenize: bool = False, continue_final_message: bool = False, **_: Any) -> Any:
         """The conversation (user/assistant turns; a content is a string or transformers' list of
         {"type": "image"} and {"type": "text", "text": ...} parts) as text in the model's chat format, each image
         an `<image>` marker. `tokenize=True` gives the model inputs instead, from the images the parts hold.
-        transformers' other options (return_dict, chat_template, ...) have no effect: the format is the model's."""
+        `continue_final_message=True` leaves a final assistant turn open, for generation to continue it (the
+        pipeline passes it for a conversation that ends with one). transformers' other options (return_dict,
+        chat_template, ...) have no effect: the format is the model's."""
+        if continue_final_message and (not conversation or conversation[-1].get("role") != "assistant"):
+            raise ValueError("continue_final_message=True continues a final assistant turn, and this conversation "
+                             "ends with a user turn; leave it out, or end the conversation with the assistant's "
+                             "start of an answer")
         chat, text, images = self.chat, "", []
         for k, turn in enumerate(conversation):
             role, content = turn.get("role"), turn.get("content", "")
@@ -81,7 +87,8 @@ class MolminiTransformersProcessor(MolminiProcessor, ProcessorMixin):
                 text += (chat.first_user_prefix if k == 0 else chat.user_prefix) + content
                 text += chat.assistant_prefix if k + 1 < len(conversation) or add_generation_prompt else ""
             else:
-                text += content + chat.assistant_suffix
+                text += content + ("" if continue_final_message and k + 1 == len(conversation)
+                                   else chat.assistant_suffix)
         if not tokenize:
             return text
         if any(im is None for im in images):
@@ -90,13 +97,18 @@ class MolminiTransformersProcessor(MolminiProcessor, ProcessorMixin):
                              "and call processor(images=..., text=...)")
         return self(images=[images], text=[text])
 
-    def split_prompt(self, text: str) -> tuple[str, list[dict[str, str]]]:
-        """(question, earlier turns) of a prompt that apply_chat_template rendered; any other text is taken as the
+    def split_prompt(self, text: str) -> tuple[str, list[dict[str, str]], str]:
+        """(question, earlier turns, start of the answer) of a prompt that apply_chat_template rendered; the start
+        of the answer is "" unless the prompt continues a final assistant turn. Any other text is taken as the
         question itself, which the chat format then surrounds."""
         chat = self.chat
-        if not (text.startswith(chat.first_user_prefix) and text.endswith(chat.assistant_prefix)):
-            return text, []
-        body = text[len(chat.first_user_prefix):len(text) - len(chat.assistant_prefix)]
+        if not (text.startswith(chat.first_user_prefix) and chat.assistant_prefix in text):
+            return text, [], ""
+        body, _, answer_start = text[len(chat.first_user_prefix):].rpartition(chat.assistant_prefix)
+        if chat.assistant_suffix in answer_start:
+            raise ValueError(f"the prompt {text!r} ends with a finished assistant turn, so there is nothing to "
+                             "answer; end the conversation with a user turn, or pass continue_final_message=True "
+                             "to apply_chat_template to continue the assistant's answer")
         pieces = body.split(chat.assistant_prefix)
         turns = [pieces[0]]
         for piece in pieces[1:]:
@@ -106,7 +118,7 @@ class MolminiTransformersProcessor(MolminiProcessor, ProcessorMixin):
                                  "processor.apply_chat_template or pass the bare question")
             turns += [answer, question]
         history = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns[:-1])]
-        return turns[-1], history
+        return turns[-1], history, answer_start
 
     # ---- batches ------------------------------------------------------------------------------------
     def __call__(self, images: Any = None, text: str | Sequence[str] | None = None, return_tensors: str | None = "pt",
@@ -129,8 +141,8 @@ class MolminiTransformersProcessor(MolminiProcessor, ProcessorMixin):
         texts = [text] if isinstance(text, str) else list(text)
         samples = []
         for im, prompt in zip(self._images_per_text(images, texts), texts):
-            question, history = self.split_prompt(prompt)
-            samples.append(self.process_prompt(im, question, history))
+            question, history, answer_start = self.split_prompt(prompt)
+            samples.append(self.process_prompt(im, question, history, answer_start))
         batch = self.collate(samples, padding_side=padding_side)
         batch.pop("keys")
         return BatchFeature(data=batch)

@@ -202,8 +202,9 @@ class MolminiProcessor:
         return out
 
     def encode_prompt(self, question: str, images: Sequence[dict[str, Any]] = (),
-                      history: Sequence[dict[str, str]] = ()) -> list[int]:
-        """Ids of a prompt (earlier turns, then the question), ending where the assistant's answer starts."""
+                      history: Sequence[dict[str, str]] = (), answer_start: str = "") -> list[int]:
+        """Ids of a prompt (earlier turns, then the question), ending where the assistant's answer starts, or
+        after `answer_start`, the start of the answer that generation then continues (a prefill)."""
         chat = self.chat
         ids: list[int] = []
         turns = list(history) + [{"role": "user", "content": question}]
@@ -213,7 +214,7 @@ class MolminiProcessor:
             ids += self._piece(chat.assistant_prefix)
             if k + 1 < len(turns):
                 ids += self._text(turns[k + 1]["content"]) + self._piece(chat.assistant_suffix)
-        return ids
+        return ids + self._text(answer_start)
 
     # ---- records and batches ------------------------------------------------------------------------
     def process_record(self, record: Record, messages: Sequence[dict[str, str]] | None = None) -> dict[str, Any]:
@@ -226,15 +227,17 @@ class MolminiProcessor:
         return sample
 
     def process_prompt(self, images: ImageInput | Sequence[ImageInput] | None, prompt: str,
-                       history: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
+                       history: Sequence[dict[str, str]] = (), answer_start: str = "") -> dict[str, Any]:
         """One prompt for generation about one image, several (one `<image>` marker each, or all at the
-        start) or none (None or []). An image is a PIL image, a file path or an http(s) URL."""
+        start) or none (None or []). An image is a PIL image, a file path or an http(s) URL. `answer_start`
+        begins the answer for generation to continue."""
         if images is None:
             images = []
         elif isinstance(images, SINGLE_IMAGE):
             images = [images]
         processed = [self.process_image(load_image(image)) for image in images]
-        return {"input_ids": self.encode_prompt(prompt, processed, history), **self.stack_images(processed)}
+        return {"input_ids": self.encode_prompt(prompt, processed, history, answer_start),
+                **self.stack_images(processed)}
 
     def collate(self, samples: Sequence[dict[str, Any]], padding_side: str = "right") -> dict[str, Any]:
         """Pad to the longest sequence (right for training, left for generation) and join the images of all

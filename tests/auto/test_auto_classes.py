@@ -234,7 +234,7 @@ def test_the_processor_follows_conversations_and_names_what_it_cannot_take(check
                     {"role": "user", "content": "What colour are the bars?"}]
     text = processor.apply_chat_template(conversation, add_generation_prompt=True)
     assert processor.split_prompt(text) == ("What colour are the bars?", [
-        {"role": "user", "content": "<image>How many bars?"}, {"role": "assistant", "content": "3"}])
+        {"role": "user", "content": "<image>How many bars?"}, {"role": "assistant", "content": "3"}], "")
     history = [{"role": "user", "content": "How many bars?"}, {"role": "assistant", "content": "3"}]
     assert processor(images=IMAGES[0], text=text)["input_ids"][0].tolist() == processor.encode_prompt(
         "What colour are the bars?", [processor.process_image(IMAGES[0])], history)

@@ -85,6 +85,31 @@ def test_pipeline_answers_chat_messages_through_molmini_s_registered_classes(che
     assert [o[0]["generated_text"][-1] for o in out] == [{"role": "assistant", "content": a} for a in expected]
 
 
+def test_the_pipeline_continues_a_final_assistant_turn(checkpoint, expected):
+    import transformers
+
+    import molmini.auto.classes  # noqa: F401
+    pipe = transformers.pipeline("image-text-to-text", model=str(checkpoint))
+    processor, tokenizer = pipe.processor, pipe.processor.tokenizer
+    for image, prompt, answer in zip(MORE_IMAGES, MORE_PROMPTS, expected):
+        user = {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": prompt}]}
+        start = tokenizer.decode(tokenizer(answer, add_special_tokens=False)["input_ids"][:1])
+        chat = [user, {"role": "assistant", "content": start}]
+        # the prompt is the question's, then the answer's first token, left open
+        text = processor.apply_chat_template(chat, continue_final_message=True)
+        start_ids = tokenizer(start, add_special_tokens=False)["input_ids"]
+        assert processor(images=[image], text=[text])["input_ids"][0].tolist() == (
+            processor.process_prompt(image, prompt)["input_ids"] + start_ids)
+        # greedy decoding from there goes on as it did without the prefill: the whole answer
+        out = pipe(text=chat, max_new_tokens=MAX_NEW_TOKENS)
+        assert out[0]["generated_text"][-1] == {"role": "assistant", "content": answer}
+    finished = processor.apply_chat_template([user, {"role": "assistant", "content": "3"}])
+    with pytest.raises(ValueError, match="finished assistant turn.*continue_final_message=True"):
+        processor(images=[MORE_IMAGES[0]], text=[finished])
+    with pytest.raises(ValueError, match="ends with a user turn"):
+        processor.apply_chat_template([user], continue_final_message=True)
+
+
 def test_a_tower_without_a_plain_twin_keeps_the_thin_files_and_says_it_needs_molmini(tokenizer, tmp_path, caplog):
     config = tiny_config("model.vision.model_name=molmini-convnext", "model.vision.vision_cfg={image_size: 64}",
                          "model.vision.feature_layers=[-2]").model
