@@ -134,6 +134,34 @@ def timed_group(checkpoint: str, names: list[str], items: list, sizes: list[int]
     return models, times, first
 
 
+def speed_fields(name: str, times: dict, first: dict, sizes: list[int], new: int) -> dict[str, Any]:
+    """A variant's timing figures from timed_group's calls: per batch size the median and every call's seconds
+    and new tokens/s, the first-token latency and each batch size's first call."""
+    fields: dict[str, Any] = {}
+    for b in sizes:
+        t = median(times[(name, f"batch_{b}")])
+        fields[f"batch_{b}"] = {"call_s_median": round(t, 4),
+                                "call_s_all": [round(x, 4) for x in times[(name, f"batch_{b}")]],
+                                "new_tokens_per_s": round(b * new / t, 1)}
+    fields["first_token_latency_s"] = round(median(times[(name, "first_token")]), 4)
+    fields["first_call_s"] = {f"batch_{b}": round(first[(name, f"batch_{b}")], 3) for b in sizes}
+    return fields
+
+
+def print_variants(checkpoint: str, rows: dict[str, Any], sizes: list[int]) -> None:
+    base = rows["fp32"]
+    print(f"{checkpoint}: {base['options'].get('parameters', 0) / 1e6:.2f}M parameters, "
+          f"{base['heldout_items']} held-out questions (speed-ups against fp32 timed in the same rotation)")
+    print(f"  {'variant':<22}" + "".join(f"{'tok/s b' + str(b):>16}" for b in sizes)
+          + f"{'1st tok ms':>14}{'1st call s':>12}{'accuracy':>10}{'change':>8}  kept")
+    for name, row in rows.items():
+        speeds = "".join(f"{row[f'batch_{b}']['new_tokens_per_s']:>9.1f} x{row['speed_vs_fp32'][f'batch_{b}']:<5.2f}"
+                         for b in sizes)
+        print(f"  {name:<22}{speeds}{1000 * row['first_token_latency_s']:>8.1f} x{row['first_token_vs_fp32']:<4.2f}"
+              f"{max(row['first_call_s'].values()):>12.1f}{row['heldout_relaxed_accuracy']:>10.1f}"
+              f"{row['accuracy_change_points']:>+8.1f}  " + ("yes" if row["kept"] else "no"))
+
+
 def checkpoint_variants(args: argparse.Namespace, sizes: list[int]) -> dict[str, Any]:
     """The fast_inference variants of each --checkpoint: speed on held-out images and held-out accuracy.
 
@@ -158,23 +186,17 @@ def checkpoint_variants(args: argparse.Namespace, sizes: list[int]) -> dict[str,
         items.append(item)
         if len(items) == max(sizes):
             break
-    new = args.new_tokens
     results: dict[str, Any] = {}
     for checkpoint in args.checkpoint:
         rows: dict[str, Any] = {}
         for group in groups:
             torch._dynamo.reset()
             models, times, first = timed_group(checkpoint, group, items, sizes, args)
-            for name in group:
-                row = models[name]
-                for b in sizes:
-                    t = median(times[(name, f"batch_{b}")])
-                    row[f"batch_{b}"] = {"call_s_median": round(t, 4),
-                                         "call_s_all": [round(x, 4) for x in times[(name, f"batch_{b}")]],
-                                         "new_tokens_per_s": round(b * new / t, 1)}
-                row["first_token_latency_s"] = round(median(times[(name, "first_token")]), 4)
-                row["first_call_s"] = {k: round(first[(name, k)], 3) for k in [f"batch_{b}" for b in sizes]}
-                if name in rows:  # fp32 beside a compiled variant: its own baseline
+            timed = {name: {**models[name], **speed_fields(name, times, first, sizes, args.new_tokens)}
+                     for name in group}
+            del models
+            for name, row in timed.items():
+                if name in rows:  # fp32 beside a compiled variant: only that variant's baseline
                     continue
                 row["timed_beside"] = group
                 model = row.pop("model")
@@ -188,11 +210,11 @@ def checkpoint_variants(args: argparse.Namespace, sizes: list[int]) -> dict[str,
                             "heldout_per_type": {t: round(100 * v["relaxed_accuracy"], 1)
                                                  for t, v in heldout["per_type"].items()},
                             "heldout_wall_s": round(time.perf_counter() - start, 2)})
-                if len(group) == 2:
-                    row["fp32_in_group"] = {k: models["fp32"][k] for k in
+                if VARIANTS[name][1]:  # a compiled variant, timed in a group of its own with fp32
+                    row["fp32_in_group"] = {k: timed["fp32"][k] for k in
                                             [f"batch_{b}" for b in sizes] + ["first_token_latency_s"]}
                 rows[name] = row
-            del models
+            del timed
         base = rows["fp32"]
         for name, row in rows.items():
             ref = row.get("fp32_in_group", base)  # the fp32 timed in the same rotation
@@ -202,17 +224,7 @@ def checkpoint_variants(args: argparse.Namespace, sizes: list[int]) -> dict[str,
                                                         ref[f"batch_{b}"]["new_tokens_per_s"], 2) for b in sizes}
             row["first_token_vs_fp32"] = round(ref["first_token_latency_s"] / row["first_token_latency_s"], 2)
         results[str(checkpoint)] = rows
-        print(f"{checkpoint}: {base['options'].get('parameters', 0) / 1e6:.2f}M parameters, "
-              f"{base['heldout_items']} held-out questions (speed-ups against fp32 timed in the same rotation)")
-        print(f"  {'variant':<22}" + "".join(f"{'tok/s b' + str(b):>16}" for b in sizes)
-              + f"{'1st tok ms':>14}{'1st call s':>12}{'accuracy':>10}{'change':>8}  kept")
-        for name, row in rows.items():
-            print(f"  {name:<22}" + "".join(f"{row[f'batch_{b}']['new_tokens_per_s']:>9.1f} x{row['speed_vs_fp32'][f'batch_{b}']:<5.2f}"
-                                            for b in sizes)
-                  + f"{1000 * row['first_token_latency_s']:>8.1f} x{row['first_token_vs_fp32']:<4.2f}"
-                  + f"{max(row['first_call_s'].values()):>12.1f}"
-                  + f"{row['heldout_relaxed_accuracy']:>10.1f}{row['accuracy_change_points']:>+8.1f}  "
-                  + ("yes" if row["kept"] else "no"))
+        print_variants(checkpoint, rows, sizes)
     return results
 
 
@@ -249,7 +261,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "steps": args.steps, "warmup": args.warmup, "test_dir": args.test_dir,
                   "checkpoints": checkpoint_variants(args, sizes), "machine": machine(),
                   "load_average_start": load_start, "load_average_end": load_average(),
-                  "command": "python bench/generate_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+                  "command": "python bench/generate_throughput.py "
+                             + " ".join(argv if argv is not None else sys.argv[1:])}
         if args.json:
             merge_into(args.json, args.key or "generate/checkpoints", result)
         return result

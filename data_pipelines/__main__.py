@@ -13,6 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
+from molmini.errors import fraction
+
 
 def _run_synth(args: argparse.Namespace) -> int:
     import importlib  # generators are imported here so that --help stays fast
@@ -113,13 +115,6 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text}")
-    return value
-
-
 def _add_convert(commands: argparse._SubParsersAction) -> None:
     convert = commands.add_parser("convert", help="convert a public dataset format into shards")
     formats = convert.add_subparsers(dest="format", required=True, metavar="FORMAT")
@@ -141,7 +136,7 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
                        help="folder that relative image paths start from (default: the input file's folder for "
                             "llava and captions; for parquet, embedded image bytes need none)")
         p.add_argument("--shard-size", type=int, default=1000, help="records per shard (default: 1000)")
-        p.add_argument("--max-skipped-fraction", type=_fraction, default=0.5, metavar="F",
+        p.add_argument("--max-skipped-fraction", type=fraction, default=0.5, metavar="F",
                        help="fail, writing nothing, when more than this fraction of the rows is skipped (a wrong "
                             "--images folder, usually); 1 keeps whatever could be read (default: 0.5)")
         p.add_argument("--split", default="train", help="split name, recorded in the manifest (default: train)")

@@ -18,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-from molmini.errors import run_reporting_errors
+from molmini.errors import fraction, run_reporting_errors
 
 
 def add_speed_arguments(p) -> None:
@@ -31,16 +31,6 @@ def add_skip_argument(p) -> None:
                    help="fail (exit 2, nothing scored) when more than this fraction of a benchmark's questions "
                         "had to be skipped, e.g. images that do not decode or rows without an answer "
                         "(default 0.5; 1 scores whatever could be read)")
-
-
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value <= 1.0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction from 0 to 1")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -147,10 +147,13 @@ def check_skipped(benchmark: Benchmark, scored: int, max_fraction: float | None)
         return
     reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(benchmark.skipped_by_reason.items()) if n)
     first = f"; the first: {benchmark.skipped[0][0]}: {benchmark.skipped[0][1]}" if benchmark.skipped else ""
-    check = (f"check the shards with `python -m data_pipelines inspect --input {benchmark.path}`"
-             if benchmark.spec.name == "synthetic" else
-             f"check that {benchmark.path} holds the whole benchmark (e.g. `{benchmark.spec.fetch_command(benchmark.path)}`)"
-             if benchmark.spec.dataset_id else f"check the files in {benchmark.path}")
+    if benchmark.spec.name == "synthetic":
+        check = f"check the shards with `python -m data_pipelines inspect --input {benchmark.path}`"
+    elif benchmark.spec.dataset_id:
+        check = (f"check that {benchmark.path} holds the whole benchmark "
+                 f"(e.g. `{benchmark.spec.fetch_command(benchmark.path)}`)")
+    else:
+        check = f"check the files in {benchmark.path}"
     raise TooManySkipped(
         f"{benchmark.spec.name} at {benchmark.path}: skipped {skipped} of {skipped + scored} questions "
         f"({100 * skipped / (skipped + scored):.0f}%, more than the {100 * max_fraction:.0f}% that "

@@ -184,8 +184,16 @@ def probability(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_loading_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where and how a command loads the model it answers with: --device, --dtype and the CPU speed-ups
+    (--quantize, --compile)."""
     from molmini.model.fast_inference import add_arguments as add_speed_arguments  # light: torch loads later
+    parser.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default=None, help="e.g. bfloat16 on a GPU (default: as saved, float32)")
+    add_speed_arguments(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="molmini", description=__doc__)
     ap.add_argument("--debug", action="store_true", help="show the traceback of an error (also MOLMINI_DEBUG=1)")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -202,9 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="sample at this temperature (0: greedy)")
     gen.add_argument("--top-p", type=probability, default=1.0)
     gen.add_argument("--batch-size", type=at_least(1), default=16)
-    gen.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:1, ...")
-    gen.add_argument("--dtype", default=None, help="e.g. bfloat16 on a GPU (default: as saved, float32)")
-    add_speed_arguments(gen)
+    add_loading_arguments(gen)
     gen.add_argument("--stream", action="store_true", help="print the answer token by token (one image)")
     gen.add_argument("--json", action="store_true", help="one JSON line per answer with image and prompt")
     gen.set_defaults(func=cmd_generate)
@@ -231,9 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="width x height of one image")
     srv.add_argument("--max-image-bytes", type=at_least(1), default=Limits.max_image_bytes,
                      help="encoded size of one image")
-    srv.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:1, ...")
-    srv.add_argument("--dtype", default=None, help="e.g. bfloat16 on a GPU (default: as saved, float32)")
-    add_speed_arguments(srv)
+    add_loading_arguments(srv)
     srv.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="a browser demo of a checkpoint: upload an image, ask, see what it saw",
@@ -248,9 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="width x height of an upload")
     demo.add_argument("--max-image-bytes", type=at_least(1), default=Limits.max_image_bytes,
                       help="size of an uploaded file")
-    demo.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:1, ...")
-    demo.add_argument("--dtype", default=None, help="e.g. bfloat16 on a GPU (default: as saved, float32)")
-    add_speed_arguments(demo)
+    add_loading_arguments(demo)
     demo.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("plot", help="draw a run's training curves to a PNG", description=cmd_plot.__doc__)

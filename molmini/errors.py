@@ -6,6 +6,7 @@ last line is the only part that matters. `--debug` or MOLMINI_DEBUG=1 lets it th
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Callable
@@ -28,3 +29,15 @@ def run_reporting_errors(command: Callable[[], int], debug: bool = False) -> int
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def fraction(text: str) -> float:
+    """An argparse type for a share of the input (--max-skipped-fraction of the data and eval commands): a
+    number from 0 to 1, or argparse's one-line usage error."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction from 0 to 1")
+    return value

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from molmini.hub.publish import push_folder
 from molmini.model.vlm import MolminiModel
 from tests.helpers import make_records, tiny_config, trained_checkpoint
-from tests.helpers.hub_server import LocalHub
+from tests.helpers.hub_server import run_as_a_user
 
 PROMPTS = ["What colour are the bars?", "How many bars are there?", "colour?"]
 SIZES = [(32, 32), (80, 30), (24, 72)]  # with max_crops=2: different crop grids, so different prompt lengths
@@ -88,28 +86,8 @@ print(json.dumps({"config": type(config).__name__, "model_type": config.model_ty
 @pytest.mark.parametrize("source", ["folder", "hub id"])
 def test_a_fresh_process_loads_it_with_trust_remote_code_and_generates_what_molmini_does(checkpoint, expected,
                                                                                           source, tmp_path):
-    paths = []
-    for i, image in enumerate(IMAGES):
-        paths.append(str(tmp_path / f"chart{i}.png"))
-        image.save(paths[-1])
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1",
-           "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    with LocalHub() as hub:
-        if source == "hub id":  # published as is, then loaded by its id (tests/helpers/hub_server.py: the hub's endpoints)
-            env.update(HF_ENDPOINT=hub.url, HF_HUB_CACHE=str(tmp_path / "hub-cache"), HF_TOKEN="hf_local_test_token")
-            with pytest.MonkeyPatch.context() as patch:
-                patch.setenv("HF_ENDPOINT", hub.url)
-                patch.setenv("HF_TOKEN", "hf_local_test_token")
-                push_folder(checkpoint, "alice/chart-model")
-            name = "alice/chart-model"
-        else:
-            env["HF_HUB_OFFLINE"] = "1"
-            name = str(checkpoint)
-        res = subprocess.run([sys.executable, "-c", THROUGH_REMOTE_CODE, json.dumps([name, paths, PROMPTS,
-                                                                                     MAX_NEW_TOKENS])],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    got = json.loads(res.stdout.strip().splitlines()[-1])
+    got = run_as_a_user(sys.executable, THROUGH_REMOTE_CODE, checkpoint, source, IMAGES, tmp_path, PROMPTS,
+                        MAX_NEW_TOKENS)
     assert (got["config"], got["model_type"], got["model"], got["processor"]) == (
         "MolminiConfig", "molmini", "MolminiForConditionalGeneration", "MolminiTransformersProcessor")
     # the classes came through the checkpoint's own remote-code files, copied into the modules cache

@@ -10,19 +10,17 @@ import inspect
 import json
 import logging
 import re
-import subprocess
 
 import pytest
 import torch
 
 from molmini.hub.standalone import MODELING, PROCESSING, standalone_files
 from molmini.hub.checkpoint_files import PLAIN_TOWER_KEY, REMOTE_CODE_FILES
-from molmini.hub.publish import push_folder
 from molmini.model.plain_vlm import PlainMolminiModel
 from molmini.model.vlm import MolminiModel
 from tests.auto.test_auto_classes import IMAGES, PROMPTS, chart
 from tests.helpers import make_records, tiny_config, trained_checkpoint
-from tests.helpers.hub_server import LocalHub
+from tests.helpers.hub_server import run_as_a_user
 from tests.helpers.plain_env import transformers_only_python
 
 MAX_NEW_TOKENS = 5
@@ -167,28 +165,8 @@ print(json.dumps(out))
 def test_a_transformers_only_environment_loads_it_and_answers_what_molmini_does(checkpoint, expected, source,
                                                                                 tmp_path):
     python = transformers_only_python(tmp_path / "env")
-    paths = []
-    for i, image in enumerate(MORE_IMAGES):
-        paths.append(str(tmp_path / f"chart{i}.png"))
-        image.save(paths[-1])
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1",
-           "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    with LocalHub() as hub:
-        if source == "hub id":
-            env.update(HF_ENDPOINT=hub.url, HF_HUB_CACHE=str(tmp_path / "hub-cache"), HF_TOKEN="hf_local_test_token")
-            with pytest.MonkeyPatch.context() as patch:
-                patch.setenv("HF_ENDPOINT", hub.url)
-                patch.setenv("HF_TOKEN", "hf_local_test_token")
-                push_folder(checkpoint, "alice/chart-model")
-            name = "alice/chart-model"
-        else:
-            env["HF_HUB_OFFLINE"] = "1"
-            name = str(checkpoint)
-        args = json.dumps([name, paths, MORE_PROMPTS, MAX_NEW_TOKENS, str(tmp_path / "resaved")])
-        res = subprocess.run([str(python), "-c", USER, args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    got = json.loads(res.stdout.strip().splitlines()[-1])
+    got = run_as_a_user(python, USER, checkpoint, source, MORE_IMAGES, tmp_path, MORE_PROMPTS, MAX_NEW_TOKENS,
+                        str(tmp_path / "resaved"), timeout=900)
     assert got["importable"] == []  # neither molmini nor open_clip nor timm: transformers and torch alone
     assert {m for m in got["modules"] if m.endswith("_molmini")} == {"configuration_molmini", "modeling_molmini",
                                                                       "processing_molmini"}

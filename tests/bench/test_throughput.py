@@ -153,6 +153,7 @@ def test_generate_throughput_measures_a_checkpoints_cpu_variants_with_their_accu
         assert row["heldout_items"] > 0 and 0 <= row["heldout_relaxed_accuracy"] <= 100
         assert row["kept"] == (row["accuracy_change_points"] >= -1.0)
     assert rows["fp32"]["speed_vs_fp32"] == {"batch_1": 1.0, "batch_2": 1.0}
+    assert not any("fp32_in_group" in row for row in rows.values())  # eager variants: timed with fp32 itself
     assert rows["int8-dynamic"]["options"]["quantize"] == "int8-dynamic"
     assert rows["int8-dynamic"]["options"]["parameters"] == rows["fp32"]["options"]["parameters"]
     with pytest.raises(ValueError, match="give fp32 and any of"):

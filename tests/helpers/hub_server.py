@@ -126,3 +126,36 @@ class LocalHub:
                 self._get(head=True)
 
         return Handler
+
+
+def run_as_a_user(python, script: str, checkpoint, source: str, images, tmp_path, *args, timeout: int = 600) -> dict:
+    """Run `script` with `python` in a fresh process that sees only PATH and HOME (and, for `source` "hub id", a
+    local test hub), as a user who found the checkpoint would. It gets json [name, image paths, *args] as its
+    argument: name is the checkpoint folder (the hub offline), or, for "hub id", the id it was published under
+    as is. Returns the JSON of the script's last output line."""
+    import subprocess
+
+    import pytest
+
+    from molmini.hub.publish import push_folder
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(str(tmp_path / f"chart{i}.png"))
+        image.save(paths[-1])
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1",
+           "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    with LocalHub() as hub:
+        if source == "hub id":
+            env.update(HF_ENDPOINT=hub.url, HF_HUB_CACHE=str(tmp_path / "hub-cache"), HF_TOKEN="hf_local_test_token")
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("HF_ENDPOINT", hub.url)
+                patch.setenv("HF_TOKEN", "hf_local_test_token")
+                push_folder(checkpoint, "alice/chart-model")
+            name = "alice/chart-model"
+        else:
+            env["HF_HUB_OFFLINE"] = "1"
+            name = str(checkpoint)
+        res = subprocess.run([str(python), "-c", script, json.dumps([name, paths, *args])], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
